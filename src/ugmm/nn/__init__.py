@@ -1,0 +1,19 @@
+"""Torch-only uGMM-NN building blocks: the layer, networks and generative inference.
+
+Usable in any plain PyTorch script; never imports Lightning or Hydra.
+"""
+
+from ugmm.nn.inference import log_joint, log_joint_all, predict
+from ugmm.nn.layer import component_dropout_mask, uGMMLayer
+from ugmm.nn.network import MLP, hidden_sizes, uGMMNet
+
+__all__ = [
+    "MLP",
+    "component_dropout_mask",
+    "hidden_sizes",
+    "log_joint",
+    "log_joint_all",
+    "predict",
+    "uGMMLayer",
+    "uGMMNet",
+]

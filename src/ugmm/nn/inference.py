@@ -1,0 +1,73 @@
+"""Generative use of a uGMM network: the joint log-density and MAP/MPE over one discrete variable.
+
+A density model is a :class:`~ugmm.nn.uGMMNet` with one output node over the joint of the features
+and a discrete variable (the class label, appended as its index in float). Classification is MAP
+inference: evaluate ``log p(x, y=s)`` for every state s and take the argmax. Inference always uses
+the full mixtures (no component dropout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ugmm.nn.layer import uGMMLayer
+from ugmm.nn.network import uGMMNet
+from ugmm.ops import mixture_loglik
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _check_density_net(net: uGMMNet) -> None:
+    if not isinstance(net.layers[0], uGMMLayer) or net.layers[-1].n_nodes != 1:
+        raise ValueError("a density model needs a uGMMNet whose last layer has exactly one output node")
+
+
+def log_joint(net: uGMMNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log p(x, y)``, shape (B,), for features ``x`` (B, n_inputs - 1) and labels ``y`` (B,)."""
+    _check_density_net(net)
+    return net(torch.cat([x.flatten(1), y.to(x.dtype).unsqueeze(1)], dim=1)).squeeze(1)
+
+
+def log_joint_all(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Tensor) -> torch.Tensor:
+    """``log p(x with x[:, var_index] = s)`` for every state s, shape (S, B), in one batched call.
+
+    ``x`` is (B, n_inputs) including the variable's column (its value is ignored). The first layer
+    reduces the N-1 components that do not depend on the variable once; each candidate state then
+    only adds its own component: ``y_s = logaddexp(partial, log pi_v + log N(s; mu_v, sigma_v))``.
+    """
+    _check_density_net(net)
+    first, rest = net.layers[0], net.layers[1:]
+    x = x.flatten(1)
+    n_in = first.n_nodes_in
+    if x.shape[1] != n_in:
+        raise ValueError(f"expected x of shape (B, {n_in}), got {tuple(x.shape)}")
+    if not -n_in <= var_index < n_in:
+        raise ValueError(f"var_index {var_index} out of range for {n_in} inputs")
+    var_index %= n_in
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(first.mean.dtype)
+        states = states.to(device=x.device, dtype=x.dtype).reshape(-1)
+        stds, log_w = first._stds(), first._log_weights(None)
+        without_var = log_w.index_fill(1, torch.tensor([var_index], device=x.device), float("-inf"))
+        partial = mixture_loglik(x, first.mean, stds, without_var, backend=first.backend)  # (B, n_out)
+        mu_v, sd_v, lw_v = first.mean[:, var_index], stds[:, var_index], log_w[:, var_index]
+        z = (states.unsqueeze(1) - mu_v) / sd_v  # (S, n_out)
+        term = lw_v - sd_v.log() - LOG_SQRT_2PI - 0.5 * z * z
+        h = torch.logaddexp(partial.unsqueeze(0), term.unsqueeze(1))  # (S, B, n_out)
+        n_states, batch = h.shape[:2]
+        h = h.reshape(n_states * batch, -1)
+        for layer in rest:
+            h = layer(h, drop=_no_drop(layer))  # inference never drops components
+        return h.reshape(n_states, batch)
+
+
+def _no_drop(layer: uGMMLayer) -> torch.Tensor:
+    return torch.zeros(layer.n_nodes, layer.n_nodes_in, dtype=torch.bool, device=layer.logits.device)
+
+
+def predict(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Tensor) -> torch.Tensor:
+    """MAP state of the variable for every row: ``states[argmax_s log p(x, s)]``, shape (B,)."""
+    scores = log_joint_all(net, x, var_index, states)
+    return states.to(scores.device)[scores.argmax(dim=0)]
