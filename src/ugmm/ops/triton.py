@@ -1,0 +1,161 @@
+"""Fused Triton backend of the uGMM op: online logsumexp forward, recomputing backward.
+
+``mixture_loglik(x, means, stds, log_weights)`` equals :func:`ugmm.ops.reference.mixture_loglik_reference`
+but never materialises the (B, n_out, n_in) tensor, in the forward or the backward pass. Autograd saves
+x, mu, the per-component tensors 1/sigma and c = log pi - log sigma - log sqrt(2 pi) (parameter-sized)
+and the (B, n_out) output; the backward recomputes the responsibilities r = exp(q - y) tile by tile and
+gives the closed-form gradients of x, mu, sigma and log pi (see :mod:`ugmm.ops._triton_kernels`).
+
+Where it runs:
+- CUDA tensors: compiled, autotuned Triton kernels.
+- CPU tensors with ``TRITON_INTERPRET=1`` in the environment: the same kernels under Triton's
+  interpreter (numpy; slow, for tests at small sizes). The choice is made per call, so setting the
+  variable at any time (e.g. ``monkeypatch.setenv`` in a test) works regardless of import order.
+
+float32 and float64 are supported (accumulation in the input dtype); other dtypes raise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import cache
+
+import torch
+
+try:  # absolute import: this module's own name does not shadow the triton package
+    import triton
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_DTYPES = (torch.float32, torch.float64)
+# fixed tiles for the interpreter: small enough to be quick, small enough that tests at n_in = 17, 70
+# and B = 37 cover several tiles with ragged edges
+INTERPRET_BLOCKS = {"BLOCK_B": 16, "BLOCK_J": 16, "BLOCK_K": 16}
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_available(device: torch.device | str) -> bool:
+    """True for CUDA devices when Triton is importable, and for CPU when ``TRITON_INTERPRET=1`` is set."""
+    if triton is None:
+        return False
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and _interpret_requested()
+
+
+@cache
+def _interpreted_kernels():
+    """The kernels under Triton's interpreter (runs on host tensors, numpy semantics)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from ugmm.ops import _triton_kernels as k
+
+    return tuple(
+        InterpretedFunction(fn) for fn in (k.mixture_fwd_kernel, k.mixture_bwd_x_kernel, k.mixture_bwd_params_kernel)
+    )
+
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_B": b, "BLOCK_J": j, "BLOCK_K": kk}, num_warps=w) for b, j, kk, w in shapes]
+
+
+@cache
+def _compiled_kernels():
+    """The kernels jit-compiled for the GPU, autotuned per problem size (B, J, K)."""
+    from ugmm.ops import _triton_kernels as k
+
+    # 3-D register tiles: BLOCK_B * BLOCK_J * BLOCK_K values in flight; small tiles keep enough programs
+    # for an H100 at MNIST sizes (B 256, J 128, K 784 gives 16 x 8 programs at 16 x 16)
+    tiles = [(16, 16, 16, 4), (32, 16, 16, 4), (16, 32, 16, 4), (32, 32, 8, 4), (16, 16, 32, 4), (32, 32, 16, 8)]
+    key = ["B", "J", "K"]
+    return tuple(
+        triton.autotune(configs=_configs(tiles), key=key)(triton.jit(fn))
+        for fn in (k.mixture_fwd_kernel, k.mixture_bwd_x_kernel, k.mixture_bwd_params_kernel)
+    )
+
+
+def _launcher(device: torch.device):
+    """(fwd, bwd_x, bwd_params, extra kwargs): interpreted on CPU or when requested, else compiled."""
+    if device.type == "cpu" or _interpret_requested():
+        return (*_interpreted_kernels(), INTERPRET_BLOCKS)
+    return (*_compiled_kernels(), {})
+
+
+def _grid(rows: int, cols: int, row_block: str, col_block: str):
+    return lambda meta: (triton.cdiv(rows, meta[row_block]), triton.cdiv(cols, meta[col_block]))
+
+
+def _check(x, means, stds, log_weights) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"uGMM triton backend: x must be (B, n_in), got shape {tuple(x.shape)}")
+    shape = (means.shape[0] if means.dim() == 2 else -1, x.shape[1])
+    for name, t in (("means", means), ("stds", stds), ("log_weights", log_weights)):
+        if t.dim() != 2 or tuple(t.shape) != shape:
+            raise ValueError(f"uGMM triton backend: {name} must be (n_out, {x.shape[1]}), got {tuple(t.shape)}")
+    for name, t in (("x", x), ("means", means), ("stds", stds), ("log_weights", log_weights)):
+        if t.dtype != x.dtype or t.dtype not in _DTYPES:
+            raise TypeError(f"uGMM triton backend: all inputs must share float32 or float64, {name} is {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"uGMM triton backend: {name} is on {t.device}, x on {x.device}")
+
+
+class TritonMixtureLoglik(torch.autograd.Function):
+    """The uGMM op with Triton forward and closed-form Triton backward (first derivatives only)."""
+
+    @staticmethod
+    def forward(ctx, x, means, stds, log_weights):
+        x, means = x.contiguous(), means.contiguous()
+        inv = stds.reciprocal().contiguous()  # (n_out, n_in)
+        c = (log_weights - stds.log() - LOG_SQRT_2PI).contiguous()  # (n_out, n_in), -inf where dropped
+        B, K = x.shape
+        J = means.shape[0]
+        y = torch.empty(B, J, device=x.device, dtype=x.dtype)
+        if B and J:
+            fwd, _, _, blocks = _launcher(x.device)
+            fwd[_grid(B, J, "BLOCK_B", "BLOCK_J")](x, means, inv, c, y, B, J, K, **blocks)
+        ctx.save_for_backward(x, means, inv, c, y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, means, inv, c, y = ctx.saved_tensors
+        need_x, need_mu, need_sigma, need_logpi = ctx.needs_input_grad
+        g = g.contiguous()
+        B, K = x.shape
+        J = means.shape[0]
+        _, bwd_x, bwd_params, blocks = _launcher(x.device)
+        dx = dmu = dsigma = dlogpi = None
+        if need_x:
+            dx = torch.zeros_like(x)
+            if B and J:
+                bwd_x[_grid(B, K, "BLOCK_B", "BLOCK_K")](x, means, inv, c, y, g, dx, B, J, K, **blocks)
+        if need_mu or need_sigma or need_logpi:
+            dmu, dsigma, dlogpi = (torch.zeros_like(means) for _ in range(3))
+            if B and J:
+                bwd_params[_grid(J, K, "BLOCK_J", "BLOCK_K")](
+                    x, means, inv, c, y, g, dmu, dsigma, dlogpi, B, J, K, **blocks
+                )
+        return dx, dmu if need_mu else None, dsigma if need_sigma else None, dlogpi if need_logpi else None
+
+
+def mixture_loglik(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """``y[b, j] = logsumexp_k(log_weights[j, k] + log N(x[b, k]; means[j, k], stds[j, k]))``, fused.
+
+    Shapes: x (B, n_in); means, stds, log_weights (n_out, n_in); returns (B, n_out). Differentiable in
+    all four inputs. ``log_weights`` may hold ``-inf`` (dropped components); an all ``-inf`` row gives
+    ``-inf`` with zero gradients, never NaN. Needs ``is_available(x.device)``.
+    """
+    if triton is None:
+        raise RuntimeError("uGMM triton backend: the triton package is not installed")
+    _check(x, means, stds, log_weights)
+    return TritonMixtureLoglik.apply(x, means, stds, log_weights)
+
+
+__all__ = ["INTERPRET_BLOCKS", "TritonMixtureLoglik", "is_available", "mixture_loglik"]
