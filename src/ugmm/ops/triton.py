@@ -8,9 +8,11 @@ gives the closed-form gradients of x, mu, sigma and log pi (see :mod:`ugmm.ops._
 
 Where it runs:
 - CUDA tensors: compiled, autotuned Triton kernels.
-- CPU tensors with ``TRITON_INTERPRET=1`` in the environment: the same kernels under Triton's
-  interpreter (numpy; slow, for tests at small sizes). The choice is made per call, so setting the
-  variable at any time (e.g. ``monkeypatch.setenv`` in a test) works regardless of import order.
+- CPU tensors, when Triton's interpreter is active: the same kernels interpreted with numpy (slow; for
+  tests at small sizes). Triton builds ``triton.language`` for its interpreter only if
+  ``TRITON_INTERPRET=1`` is in the environment when ``triton`` is first imported, so set it before
+  anything imports triton (``TRITON_INTERPRET=1 python ...``); setting it later has no effect, and
+  ``is_available("cpu")`` then stays False.
 
 float32 and float64 are supported (accumulation in the input dtype); other dtypes raise.
 """
@@ -39,51 +41,62 @@ def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+@cache
+def _interpreter_active() -> bool:
+    """Whether triton was imported with TRITON_INTERPRET=1, i.e. its language library is interpreted.
+
+    ``tl.sum``, ``tl.max``, ``tl.zeros``... are themselves ``@triton.jit`` functions, built when
+    ``triton.language`` is imported: compiled ones cannot be called from an interpreted kernel.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(triton.language.standard.sum, InterpretedFunction)
+
+
 def is_available(device: torch.device | str) -> bool:
-    """True for CUDA devices when Triton is importable, and for CPU when ``TRITON_INTERPRET=1`` is set."""
+    """True for CUDA devices when Triton is importable; for CPU when ``TRITON_INTERPRET=1`` is set
+    (and was set when triton was imported, see the module docstring)."""
     if triton is None:
         return False
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and _interpret_requested()
+    return device.type == "cpu" and _interpret_requested() and _interpreter_active()
+
+
+def _kernel_functions():
+    from ugmm.ops import _triton_kernels as k
+
+    return (k.mixture_fwd_kernel, k.mixture_bwd_x_kernel, k.mixture_bwd_params_kernel)
 
 
 @cache
 def _interpreted_kernels():
-    """The kernels under Triton's interpreter (runs on host tensors, numpy semantics)."""
+    """The kernels under Triton's interpreter (runs on host copies of the tensors, numpy semantics)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    from ugmm.ops import _triton_kernels as k
-
-    return tuple(
-        InterpretedFunction(fn) for fn in (k.mixture_fwd_kernel, k.mixture_bwd_x_kernel, k.mixture_bwd_params_kernel)
-    )
-
-
-def _configs(shapes):
-    return [triton.Config({"BLOCK_B": b, "BLOCK_J": j, "BLOCK_K": kk}, num_warps=w) for b, j, kk, w in shapes]
+    return tuple(InterpretedFunction(fn) for fn in _kernel_functions())
 
 
 @cache
 def _compiled_kernels():
     """The kernels jit-compiled for the GPU, autotuned per problem size (B, J, K)."""
-    from ugmm.ops import _triton_kernels as k
-
-    # 3-D register tiles: BLOCK_B * BLOCK_J * BLOCK_K values in flight; small tiles keep enough programs
-    # for an H100 at MNIST sizes (B 256, J 128, K 784 gives 16 x 8 programs at 16 x 16)
+    # 3-D register tiles of BLOCK_B * BLOCK_J * BLOCK_K values; small tiles keep enough programs for an
+    # H100 at MNIST sizes (B 256, J 128, K 784 gives 16 x 8 programs at 16 x 16)
     tiles = [(16, 16, 16, 4), (32, 16, 16, 4), (16, 32, 16, 4), (32, 32, 8, 4), (16, 16, 32, 4), (32, 32, 16, 8)]
-    key = ["B", "J", "K"]
-    return tuple(
-        triton.autotune(configs=_configs(tiles), key=key)(triton.jit(fn))
-        for fn in (k.mixture_fwd_kernel, k.mixture_bwd_x_kernel, k.mixture_bwd_params_kernel)
-    )
+    configs = [triton.Config({"BLOCK_B": b, "BLOCK_J": j, "BLOCK_K": k}, num_warps=w) for b, j, k, w in tiles]
+    return tuple(triton.autotune(configs=configs, key=["B", "J", "K"])(triton.jit(fn)) for fn in _kernel_functions())
 
 
 def _launcher(device: torch.device):
-    """(fwd, bwd_x, bwd_params, extra kwargs): interpreted on CPU or when requested, else compiled."""
-    if device.type == "cpu" or _interpret_requested():
+    """(fwd, bwd_x, bwd_params, extra kwargs): interpreted when the interpreter is active, else compiled."""
+    if _interpreter_active():
         return (*_interpreted_kernels(), INTERPRET_BLOCKS)
+    if device.type != "cuda":
+        raise RuntimeError(
+            "uGMM triton backend: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 set before triton "
+            "is imported)"
+        )
     return (*_compiled_kernels(), {})
 
 
