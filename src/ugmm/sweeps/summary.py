@@ -1,0 +1,285 @@
+"""Sweep results: one record per job (its ``metrics.json``), aggregated into a summary table.
+
+Every train job writes ``<job output dir>/metrics.json`` (see :func:`write_job_metrics`)::
+
+    {"status": "ok" | "failed", "monitor": "val/acc", "mode": "max" | "min", "best": 0.93,
+     "metrics": {...final metrics...}, "overrides": ["model.width=32", ...], "wall_time_s": 4.2,
+     "best_ckpt": "<path or null>", "error": "<one line, failed jobs only>"}
+
+At the end of a multirun, :class:`SweepSummaryCallback` (a Hydra callback registered in ``train.yaml``)
+collects these records from every job directory under the sweep dir, writes ``summary.csv`` and
+``summary.md`` (sorted by the monitored metric, best first; failed jobs last, with their error) and
+prints the table. A job directory without ``metrics.json`` (a job killed before it could write one) is
+listed as failed too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+
+
+def one_line_error(exc: BaseException) -> str:
+    """``"ValueError: bad width"``: the exception's type and the first line of its message."""
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+def write_job_metrics(output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``<output_dir>/metrics.json`` atomically (a reader never sees half a file)."""
+    path = Path(output_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=_json_default, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_failed_job(output_dir: str | os.PathLike, exc: BaseException, overrides: list[str], **extra: Any) -> Path:
+    """Record a crashed job as ``{"status": "failed", "error": ..., "traceback": ...}``."""
+    record = {
+        "status": "failed",
+        "error": one_line_error(exc),
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        "overrides": list(overrides),
+        **extra,
+    }
+    return write_job_metrics(output_dir, record)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # tensors and numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+@dataclass
+class JobResult:
+    """One job of a sweep, as read from its output directory."""
+
+    job_dir: Path
+    num: int | None
+    status: str
+    overrides: list[str]
+    best: float | None = None
+    monitor: str | None = None
+    mode: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.best is not None and math.isfinite(self.best)
+
+
+def _read_hydra_job(job_dir: Path) -> tuple[int | None, list[str]]:
+    """Job number and task overrides from ``<job_dir>/.hydra/`` (written by Hydra before the task runs)."""
+    num, overrides = None, []
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.exists():
+        try:
+            hcfg = OmegaConf.load(hydra_yaml).hydra
+            num = OmegaConf.select(hcfg, "job.num")
+            overrides = list(OmegaConf.select(hcfg, "overrides.task") or [])
+        except Exception as exc:  # a half-written file must not break the summary
+            log.warning("could not read %s: %s", hydra_yaml, exc)
+    return num, overrides
+
+
+def read_job(job_dir: str | os.PathLike) -> JobResult:
+    """Read one job directory; a missing or unreadable ``metrics.json`` makes it a failed job."""
+    job_dir = Path(job_dir)
+    num, overrides = _read_hydra_job(job_dir)
+    path = job_dir / METRICS_FILE
+    if not path.exists():
+        return JobResult(job_dir, num, "failed", overrides, error="no metrics.json (the job died before finishing)")
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return JobResult(job_dir, num, "failed", overrides, error=f"unreadable metrics.json: {exc}")
+    best = rec.get("best")
+    return JobResult(
+        job_dir=job_dir,
+        num=num,
+        status=str(rec.get("status", "failed")),
+        overrides=list(rec.get("overrides") or overrides),
+        best=float(best) if isinstance(best, int | float) else None,
+        monitor=rec.get("monitor"),
+        mode=rec.get("mode"),
+        metrics={k: v for k, v in (rec.get("metrics") or {}).items() if isinstance(v, int | float)},
+        wall_time_s=rec.get("wall_time_s"),
+        error=str(rec.get("error") or ""),
+    )
+
+
+def find_job_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """Every job directory under ``sweep_dir``: those with a ``.hydra/hydra.yaml`` or a ``metrics.json``."""
+    sweep_dir = Path(sweep_dir)
+    dirs = {p.parent.parent for p in sweep_dir.rglob(".hydra/hydra.yaml")}
+    dirs |= {p.parent for p in sweep_dir.rglob(METRICS_FILE)}
+    dirs.discard(sweep_dir)  # the multirun's own .hydra (Hydra writes none today, but be safe)
+    return sorted(dirs)
+
+
+class SweepSummary:
+    """The table of a sweep's jobs, sorted by the monitored metric (best first), failed jobs last.
+
+    Args:
+        jobs: the sweep's jobs.
+    """
+
+    def __init__(self, jobs: list[JobResult]):
+        ok = [j for j in jobs if j.ok]
+        failed = [j for j in jobs if not j.ok]
+        self.monitor = next((j.monitor for j in ok if j.monitor), None) or next(
+            (j.monitor for j in jobs if j.monitor), None
+        )
+        self.mode = next((j.mode for j in ok if j.mode), "max")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"metrics.json mode must be 'max' or 'min', got {self.mode!r}")
+        ok.sort(key=lambda j: (-j.best if self.mode == "max" else j.best, j.num or 0))
+        failed.sort(key=lambda j: (j.num if j.num is not None else 1 << 30, str(j.job_dir)))
+        for j in failed:  # a job that reported "ok" but a NaN/inf objective counts as failed
+            if j.status == "ok":
+                j.status, j.error = "failed", j.error or f"monitored metric is {j.best}"
+        self.jobs = ok + failed
+        self.metric_names = sorted({k for j in ok for k in j.metrics})
+
+    @classmethod
+    def from_sweep_dir(cls, sweep_dir: str | os.PathLike) -> SweepSummary:
+        return cls([read_job(d) for d in find_job_dirs(sweep_dir)])
+
+    @property
+    def best(self) -> JobResult | None:
+        return self.jobs[0] if self.jobs and self.jobs[0].ok else None
+
+    def columns(self) -> list[str]:
+        best_col = f"best {self.monitor}" if self.monitor else "best"
+        return ["rank", "job", "status", best_col, "overrides", *self.metric_names, "wall_time_s", "dir", "error"]
+
+    def rows(self, sweep_dir: Path | None = None) -> list[list[str]]:
+        rows = []
+        for rank, j in enumerate(self.jobs, 1):
+            rel = j.job_dir
+            if sweep_dir is not None:
+                try:
+                    rel = j.job_dir.relative_to(sweep_dir)
+                except ValueError:
+                    pass
+            rows.append(
+                [
+                    str(rank) if j.ok else "-",
+                    "" if j.num is None else str(j.num),
+                    j.status,
+                    _fmt(j.best) if j.ok else "",
+                    " ".join(j.overrides),
+                    *[_fmt(j.metrics.get(k)) for k in self.metric_names],
+                    _fmt(j.wall_time_s, 1),
+                    str(rel),
+                    j.error,
+                ]
+            )
+        return rows
+
+    def to_csv(self, sweep_dir: Path | None = None) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.columns())
+        writer.writerows(self.rows(sweep_dir))
+        return buf.getvalue()
+
+    def to_markdown(self, sweep_dir: Path | None = None) -> str:
+        n_ok = sum(j.ok for j in self.jobs)
+        head = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
+        if self.monitor:
+            head += f"; sorted by {self.monitor} ({self.mode})"
+        cols = self.columns()
+        lines = [f"# {head}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for row in self.rows(sweep_dir):
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, sweep_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``; returns their paths."""
+        sweep_dir = Path(sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
+        csv_path.write_text(self.to_csv(sweep_dir))
+        md_path.write_text(self.to_markdown(sweep_dir))
+        return csv_path, md_path
+
+    def print(self, sweep_dir: Path | None = None) -> None:
+        """Print the table to the terminal (rich renders the same rows as ``summary.md``)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        cols = self.columns()
+        n_ok = sum(j.ok for j in self.jobs)
+        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
+        if self.monitor:
+            title += f" (sorted by {self.monitor}, {self.mode})"
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for row in self.rows(sweep_dir):
+            table.add_row(*row, style=None if row[2] == "ok" else "red")
+        Console(width=max(160, Console().width)).print(table)
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return ""
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback: records crashed jobs and writes the sweep summary when a multirun ends.
+
+    - ``on_job_end``: ends the job's DDP processes (:func:`ugmm.sweeps.ddp.release_ddp_environment`);
+      a job that raised (so Hydra marks it FAILED) and left no ``metrics.json`` gets a
+      failed record, so the summary shows its error whichever launcher ran it.
+    - ``on_multirun_end``: reads every job under ``hydra.sweep.dir`` and writes/prints the summary.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        from ugmm.sweeps.ddp import release_ddp_environment
+
+        release_ddp_environment()  # the next job of this process must start its own DDP ranks
+        if job_return is None or job_return.status != JobStatus.FAILED:
+            return
+        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return  # DDP child ranks share rank 0's output dir; only rank 0 writes
+        out = OmegaConf.select(config, "hydra.runtime.output_dir")
+        if out and not (Path(out) / METRICS_FILE).exists():
+            overrides = list(OmegaConf.select(config, "hydra.overrides.task") or [])
+            write_failed_job(out, job_return._return_value, overrides)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
+        if not sweep_dir.exists():
+            log.warning("sweep dir %s does not exist: no summary", sweep_dir)
+            return
+        summary = SweepSummary.from_sweep_dir(sweep_dir)
+        csv_path, md_path = summary.write(sweep_dir)
+        summary.print(sweep_dir)
+        log.info("sweep summary written to %s and %s", csv_path, md_path)
