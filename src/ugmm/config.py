@@ -1,0 +1,216 @@
+"""Checking a composed Hydra config before anything loads: allowed values, ranges, files.
+
+Every problem raises :class:`ConfigError` with one line naming the key, the value and what is
+allowed; the entry points print it as ``error: ...`` and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ugmm.data.base import DataError
+from ugmm.data.mnist import MNIST_FAMILY
+from ugmm.modules.base import NETS, OPTIMIZERS, SCHEDULERS
+from ugmm.ops import BACKENDS
+
+LOSSES = ("cross_entropy", "nll")
+TABULAR = ("csv", "iris")
+DATA_NAMES = (*MNIST_FAMILY, *TABULAR)
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps", "tpu")
+MONITOR_MODES = ("max", "min")
+# the config groups a command-line override may select (``group=option``)
+GROUPS = ("data", "model", "loss", "trainer", "logger", "callbacks", "experiment", "debug", "paths")
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; its message is the one line the user sees."""
+
+
+# --- group options, checked before Hydra composes ---------------------------------------------
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` shipped in ``ugmm/conf/<group>/`` (file names sans .yaml)."""
+    folder = resources.files("ugmm.conf") / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """Reject ``group=option`` command-line overrides whose option does not exist, in one line.
+
+    Hydra's own message for ``data=bogus`` spans several lines and ends with a hint about
+    stack traces; this check runs first. Sweep syntax (``choice(...)``, globs, ranges) is left to
+    Hydra; comma lists (multirun) are checked item by item.
+    """
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS:
+            continue
+        if any(c in value for c in "()[]{}*?$") or value in ("", "null"):
+            continue
+        allowed = group_options(key)
+        for option in value.split(","):
+            if option.strip() not in allowed:
+                raise ConfigError(
+                    f"{key}={option.strip()} is not an option of group {key}; choose one of: {', '.join(allowed)}"
+                )
+
+
+# --- value checks -------------------------------------------------------------------------------
+def _value(cfg: DictConfig, key: str) -> Any:
+    """``cfg.<key>`` with a one-line error when it is required but missing (``???``)."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if node is None or part not in node:
+            return None
+        if OmegaConf.is_missing(node, part):
+            raise ConfigError(f"{key} is required but not set: give {key}=<value>")
+        node = node[part] if i == len(parts) - 1 else node.get(part)
+    return node
+
+
+def _int(cfg: DictConfig, key: str, low: int | None = None) -> int:
+    value = _value(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value} is not an integer")
+    if low is not None and value < low:
+        raise ConfigError(f"{key}={value} is out of range: must be >= {low}")
+    return value
+
+
+def _float(cfg: DictConfig, key: str, low: float, high: float, high_open: bool = True, low_open: bool = False) -> float:
+    value = _value(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not a finite number")
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        upper = "inf" if high == math.inf else f"{high:g}"
+        interval = f"{'(' if low_open else '['}{low:g}, {upper}{')' if high_open else ']'}"
+        raise ConfigError(f"{key}={value} is out of range: must be in {interval}")
+    return float(value)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
+    value = _value(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value} is not allowed; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def validate_data(cfg: DictConfig, check_files: bool = True) -> None:
+    """The ``data`` node: its name, sizes and fractions, and (``check_files``) that its files exist.
+
+    For the MNIST family a missing data set is downloaded here when ``data.download`` allows it, so
+    an offline machine fails before any run starts, with one line saying where to put the files.
+    """
+    data = cfg.data
+    if data is None:
+        raise ConfigError(f"data is not set; choose one of: {', '.join(group_options('data'))}")
+    name = _choice(cfg, "data.name", DATA_NAMES)
+    _int(cfg, "data.batch_size", 1)
+    _int(cfg, "data.eval_batch_size", 1)
+    _int(cfg, "data.split_seed", 0)
+    if name in MNIST_FAMILY:
+        _int(cfg, "data.val_size", 1)
+        if _int(cfg, "data.val_size", 1) >= 60000:
+            raise ConfigError(f"data.val_size={data.val_size} is out of range: must be in [1, 60000)")
+        data_dir = _value(cfg, "data.data_dir")
+        if not data_dir:
+            raise ConfigError("data.data_dir is empty: give data.data_dir=<folder> or set UGMM_DATA_DIR")
+        if check_files:
+            from ugmm.data.mnist import ensure_downloaded
+
+            try:
+                ensure_downloaded(data_dir, name, bool(_value(cfg, "data.download")))
+            except DataError as err:
+                raise ConfigError(str(err)) from None
+        return
+    test = _float(cfg, "data.test_fraction", 0.0, 1.0, low_open=True)
+    val = _float(cfg, "data.val_fraction", 0.0, 1.0, low_open=True)
+    if test + val >= 1.0:
+        raise ConfigError(f"data.test_fraction + data.val_fraction = {test + val:g} must be < 1 to leave training rows")
+    path = _value(cfg, "data.path")
+    if name == "csv" and not path:
+        raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label column>")
+    target = _value(cfg, "data.target")
+    if not target:
+        raise ConfigError("data.target is required: the name of the label column")
+    if check_files:
+        from ugmm.data.tabular import IRIS_CSV, read_header
+
+        file = Path(path) if path else IRIS_CSV
+        try:
+            header = read_header(file)
+        except DataError as err:
+            raise ConfigError(str(err)) from None
+        if target not in header:
+            raise ConfigError(f"data.target={target} is not a column of {file}; columns: {', '.join(header)}")
+        if len(header) < 2:
+            raise ConfigError(f"{file} has no feature columns besides data.target={target}")
+
+
+def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
+    """Every check of a training config, in the order a user would fix them; raises :class:`ConfigError`."""
+    net = _choice(cfg, "model.net", NETS)
+    _int(cfg, "model.width", 1)
+    _int(cfg, "model.depth", 0)
+    _float(cfg, "model.dropout", 0.0, 1.0)
+    if net == "ugmm":
+        _float(cfg, "model.std_floor", 0.0, math.inf)
+        _choice(cfg, "model.backend", BACKENDS)
+    loss = _choice(cfg, "loss.name", LOSSES)
+    if loss == "nll" and net != "ugmm":
+        raise ConfigError(f"loss=nll needs model=ugmm (a density model over features and label), got model={net}")
+    _choice(cfg, "optimizer.name", OPTIMIZERS)
+    _float(cfg, "optimizer.lr", 0.0, math.inf, low_open=True)
+    _float(cfg, "optimizer.weight_decay", 0.0, math.inf)
+    sched = cfg.get("scheduler")
+    if sched is not None:
+        kind = _choice(cfg, "scheduler.name", SCHEDULERS)
+        if kind == "multistep":
+            milestones = _value(cfg, "scheduler.milestones")
+            if not OmegaConf.is_list(milestones) or not all(isinstance(m, int) and m > 0 for m in milestones):
+                raise ConfigError(f"scheduler.milestones={milestones} must be a list of positive epoch numbers")
+            _float(cfg, "scheduler.gamma", 0.0, 1.0, low_open=True, high_open=False)
+    _choice(cfg, "monitor.mode", MONITOR_MODES)
+    if not _value(cfg, "monitor.metric"):
+        raise ConfigError("monitor.metric is empty: e.g. monitor.metric=val/acc")
+    seed = cfg.get("seed")
+    if seed is not None:
+        _int(cfg, "seed", 0)
+    _validate_trainer(cfg)
+    validate_data(cfg, check_files=check_files)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt not in (None, "last") and check_files and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist (give a .ckpt file, last, or null)")
+
+
+def validate_eval_config(cfg: DictConfig, check_files: bool = True) -> None:
+    """Checks for ``eval.py``: the checkpoint and, when a data group is given, the data."""
+    ckpt = _value(cfg, "ckpt_path")
+    if not ckpt:
+        raise ConfigError("ckpt_path is required: give ckpt_path=<file.ckpt> or ckpt_path=last")
+    if ckpt != "last" and check_files and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist")
+    _validate_trainer(cfg)
+    if cfg.get("data") is not None:
+        validate_data(cfg, check_files=check_files)
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    accelerator = _value(cfg, "trainer.accelerator")
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator} is not allowed; choose one of: {', '.join(ACCELERATORS)}")
+    max_epochs = _value(cfg, "trainer.max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1 or max_epochs == 0):
+        raise ConfigError(f"trainer.max_epochs={max_epochs} is out of range: must be >= 1 (or -1 for no limit)")

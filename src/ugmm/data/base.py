@@ -1,0 +1,93 @@
+"""Pieces shared by the DataModules: the user-facing error and the in-memory batched dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class DataError(Exception):
+    """Data that cannot be found or read; the entry points print its one-line message and exit 2."""
+
+
+class InMemoryDataset(Dataset):
+    """Features and labels held as whole tensors, fetched a batch at a time.
+
+    ``__getitems__`` lets the DataLoader gather a whole batch with one tensor index instead of
+    ``batch_size`` Python-level ``__getitem__`` calls and a stack; any sampler works, so the
+    DistributedSampler Lightning injects under DDP shards it per rank.
+
+    Args:
+        x: features ``(N, ...)``, any dtype (MNIST stays uint8 until a batch is taken).
+        y: labels ``(N,)`` int64.
+        transform: applied to each gathered feature batch (e.g. uint8 -> normalised float32).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def _take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[index]
+        return (self.transform(x) if self.transform is not None else x), self.y[index]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._take(torch.tensor([i], device=self.y.device))
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._take(torch.as_tensor(indices, device=self.y.device))
+
+    def to(self, device: torch.device | str) -> InMemoryDataset:
+        """The same data on ``device`` (a no-op when it is already there)."""
+        return InMemoryDataset(self.x.to(device), self.y.to(device), self.transform)
+
+
+def _batch_as_is(batch):
+    """The collate function for :class:`InMemoryDataset`: ``__getitems__`` already built the batch."""
+    return batch
+
+
+def batch_loader(dataset: InMemoryDataset, batch_size: int, shuffle: bool, seed: int | None = None) -> DataLoader:
+    """A worker-free DataLoader over an in-memory dataset (the data is already in RAM or on the GPU)."""
+    generator = None
+    if shuffle and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, collate_fn=_batch_as_is, generator=generator
+    )
+
+
+def stratified_split(y: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
+    """Split row indices per class into parts of the given ``fractions`` (the rest goes to the last part).
+
+    Every class is shuffled with ``seed`` and cut in the same proportions, so class balance is kept
+    in every part. Returns index tensors, one per fraction plus the remainder, each sorted.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    parts: list[list[torch.Tensor]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in torch.unique(y):
+        rows = (y == cls).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        start = 0
+        for i, frac in enumerate(fractions):
+            count = int(round(frac * len(rows)))
+            parts[i].append(rows[start : start + count])
+            start += count
+        parts[-1].append(rows[start:])
+    return [torch.cat(p).sort().values for p in parts]
+
+
+def trainer_device(datamodule) -> torch.device:
+    """Where the attached Trainer computes (this rank's GPU under DDP), or the CPU without one.
+
+    Keeping the data there makes every batch a device-side index instead of a host-to-device copy.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    return trainer.strategy.root_device if trainer is not None else torch.device("cpu")

@@ -1,0 +1,164 @@
+"""The MNIST family (MNIST, FashionMNIST, KMNIST) as in-memory tensors.
+
+torchvision reads the IDX files once into uint8 tensors (47 MB for MNIST); batches are gathered
+by one tensor index and scaled to float32 on the fly, on the training device when the data was
+moved there. Per-sample PIL transforms would dominate an epoch once the uGMM layer is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from lightning.pytorch import LightningDataModule
+
+from ugmm.data.base import DataError, InMemoryDataset, batch_loader, trainer_device
+
+MNIST_FAMILY = ("MNIST", "FashionMNIST", "KMNIST")
+# per-dataset pixel mean and std on the training images, for ``normalize: true``
+PIXEL_STATS = {"MNIST": (0.1307, 0.3081), "FashionMNIST": (0.2860, 0.3530), "KMNIST": (0.1918, 0.3483)}
+DATA_DIR_ENV = "UGMM_DATA_DIR"
+
+
+def raw_files(name: str) -> list[str]:
+    """The four uncompressed IDX file names torchvision expects under ``<data_dir>/<name>/raw``."""
+    cls = getattr(torchvision.datasets, name)
+    return [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+
+
+def missing_files(data_dir: str | Path, name: str) -> list[Path]:
+    """The IDX files of data set ``name`` that are not under ``data_dir`` yet."""
+    raw = Path(data_dir) / name / "raw"
+    return [raw / f for f in raw_files(name) if not (raw / f).is_file()]
+
+
+def ensure_downloaded(data_dir: str | Path, name: str, download: bool) -> None:
+    """Make sure the IDX files exist, downloading only when they are absent and ``download`` allows it.
+
+    Raises :class:`DataError` with one line saying where to put the files otherwise.
+    """
+    missing = missing_files(data_dir, name)
+    if not missing:
+        return
+    raw = Path(data_dir) / name / "raw"
+    where = (
+        f"put {', '.join(raw_files(name))} in {raw} "
+        f"(or point data.data_dir or ${DATA_DIR_ENV} at the folder that holds {name}/raw)"
+    )
+    if not download:
+        raise DataError(f"{name} not found under {Path(data_dir)} and data.download=false: {where}")
+    try:
+        # torchvision prints every mirror it tries; keep the one-line contract
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            getattr(torchvision.datasets, name)(str(data_dir), train=True, download=True)
+            getattr(torchvision.datasets, name)(str(data_dir), train=False, download=True)
+    except Exception as err:  # network errors come in many types (URLError, RuntimeError, OSError)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"{name} not found under {Path(data_dir)} and the download failed ({reason}): {where}"
+        ) from None
+    if missing_files(data_dir, name):
+        raise DataError(f"{name} download to {Path(data_dir)} left files missing: {where}")
+
+
+def load_split(data_dir: str | Path, name: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 ``(N, 28, 28)`` and labels int64 ``(N,)`` of one split, read once by torchvision."""
+    try:
+        ds = getattr(torchvision.datasets, name)(str(data_dir), train=train, download=False)
+    except Exception as err:
+        raise DataError(f"cannot read {name} from {Path(data_dir)}: {str(err).strip().splitlines()[0]}") from None
+    return ds.data.contiguous(), ds.targets.to(torch.int64)
+
+
+class Normalize:
+    """uint8 images ``(B, 28, 28)`` -> float32 ``(B, 1, 28, 28)`` in [0, 1], then ``(x - mean) / std``."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        self.mean, self.std = float(mean), float(std)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1).to(torch.float32).div_(255.0)
+        if self.mean != 0.0 or self.std != 1.0:
+            x = x.sub_(self.mean).div_(self.std)
+        return x
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST, FashionMNIST or KMNIST held in memory, with a seeded validation split from train.
+
+    Args:
+        name: ``MNIST``, ``FashionMNIST`` or ``KMNIST`` (torchvision's class names).
+        data_dir: the folder holding ``<name>/raw`` (torchvision's layout).
+        download: fetch the files when they are absent (never when present).
+        batch_size, eval_batch_size: training and evaluation batch sizes.
+        val_size: training images held out for validation (chosen with ``split_seed``).
+        normalize: standardise pixels with the data set's mean and std (as
+            ``transforms.Normalize((0.1307,), (0.3081,))`` for MNIST); False keeps [0, 1].
+        device: where to keep the tensors (``"cuda"`` when training there); None = CPU.
+
+    Batches: ``x`` float32 ``(B, 1, 28, 28)``, ``y`` int64 ``(B,)``.
+    """
+
+    n_features = 28 * 28
+    n_classes = 10
+    feature_shape = (1, 28, 28)
+
+    def __init__(
+        self,
+        name: str = "MNIST",
+        data_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        normalize: bool = True,
+        device: str | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in MNIST_FAMILY:
+            raise DataError(f"data.name={name} is not one of {', '.join(MNIST_FAMILY)}")
+        self.name = name
+        self.data_dir = Path(data_dir or os.environ.get(DATA_DIR_ENV, "data"))
+        self.download = bool(download)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.val_size = int(val_size)
+        self.split_seed = int(split_seed)
+        mean, std = PIXEL_STATS[name] if normalize else (0.0, 1.0)
+        self.transform = Normalize(mean, std)
+        self.device = device
+        self.splits: dict[str, InMemoryDataset] = {}
+
+    def prepare_data(self) -> None:
+        ensure_downloaded(self.data_dir, self.name, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        ensure_downloaded(self.data_dir, self.name, self.download)
+        x, y = load_split(self.data_dir, self.name, train=True)
+        if not 0 < self.val_size < len(y):
+            raise DataError(f"data.val_size={self.val_size} must be between 1 and {len(y) - 1}")
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+        x_test, y_test = load_split(self.data_dir, self.name, train=False)
+        device = self.device or trainer_device(self)
+        self.splits = {
+            "train": InMemoryDataset(x[train_idx], y[train_idx], self.transform).to(device),
+            "val": InMemoryDataset(x[val_idx], y[val_idx], self.transform).to(device),
+            "test": InMemoryDataset(x_test, y_test, self.transform).to(device),
+        }
+
+    def train_dataloader(self):
+        return batch_loader(self.splits["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)

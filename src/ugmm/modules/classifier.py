@@ -1,0 +1,84 @@
+"""The discriminative model: a uGMM-NN (or the same-size MLP) trained with cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from ugmm.modules.base import BaseModule, build_net, plain
+
+
+class Classifier(BaseModule):
+    """Cross-entropy on the network's outputs (a uGMM-NN's log-densities act as logits).
+
+    Args:
+        n_features: flattened input size (784 for MNIST).
+        n_classes: output nodes.
+        model: {net: ugmm|mlp, width, depth, dropout[, std_floor, backend]}.
+        optimizer: {name, lr, weight_decay, ...}; scheduler: {name, ...} or None.
+        data: the data config, kept in the checkpoint so ``eval.py`` can rebuild the same splits.
+
+    Logs ``{train,val,test}/loss``, ``/acc``, ``/ece`` (expected calibration error, 15 bins) and
+    ``val/acc_best``. Batches: ``x`` ``(B, *)`` flattening to ``n_features``, ``y`` int64 ``(B,)``.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        model: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        data: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "n_features": int(n_features),
+                "n_classes": int(n_classes),
+                "model": plain(model),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "data": plain(data),
+                "loss": "cross_entropy",
+            }
+        )
+        self.net = build_net(self.hparams["model"], int(n_features), int(n_classes))
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=int(n_classes), average="micro"))
+        self.val_ece = MulticlassCalibrationError(num_classes=int(n_classes), n_bins=15)
+        self.test_ece = MulticlassCalibrationError(num_classes=int(n_classes), n_bins=15)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)``."""
+        return self.net(x.flatten(1))
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        getattr(self, f"{stage}_loss")(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_acc")(logits.detach(), y)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, prog_bar=True)
+        if stage != "train":
+            ece = getattr(self, f"{stage}_ece")
+            ece(logits.detach().softmax(dim=-1), y)
+            self.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_best(self.val_acc.compute())
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
