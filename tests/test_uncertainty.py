@@ -1,0 +1,134 @@
+"""Uncertainty measures: values against hand-computed cases and torchmetrics, and a real OOD measurement."""
+
+import math
+
+import pytest
+import torch
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from ugmm.nn import log_joint, log_joint_all, uGMMNet
+from ugmm.uncertainty import (
+    add_gaussian_noise,
+    calibration_bins,
+    expected_calibration_error,
+    log_marginal,
+    noise_images,
+    ood_auroc,
+    predictive_entropy,
+    rotate_images,
+)
+
+# confidences 0.65 (right), 0.85 (wrong), 0.95 (right): no value on a bin edge
+PROBS = torch.tensor([[0.65, 0.35], [0.15, 0.85], [0.95, 0.05]])
+TARGETS = torch.tensor([0, 0, 0])
+
+
+def test_ece_hand_computed():
+    # 2 bins: all in [0.5, 1]: mean conf 0.81667, accuracy 2/3 -> 0.15
+    assert expected_calibration_error(PROBS, TARGETS, n_bins=2) == pytest.approx(0.15)
+    # 5 bins: [0.6, 0.8) holds 0.65 (gap 0.35); [0.8, 1] holds 0.85, 0.95 (conf 0.9, acc 0.5, gap 0.4)
+    assert expected_calibration_error(PROBS, TARGETS, n_bins=5) == pytest.approx((0.35 + 2 * 0.4) / 3)
+    bins = calibration_bins(PROBS, TARGETS, n_bins=5)
+    assert bins.count.tolist() == [0, 0, 0, 1, 2]
+    assert bins.accuracy[3:].tolist() == [1.0, 0.5]
+    torch.testing.assert_close(bins.confidence[3:], torch.tensor([0.65, 0.9], dtype=torch.float64))
+    # a perfectly confident, always right classifier is calibrated; a confident, always wrong one is not
+    assert expected_calibration_error(torch.eye(3), torch.arange(3)) == 0.0
+    assert expected_calibration_error(torch.eye(3), torch.tensor([1, 2, 0])) == pytest.approx(1.0)
+
+
+def test_ece_matches_torchmetrics():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(3 * torch.randn(500, 10, generator=g), dim=1)
+    targets = torch.randint(10, (500,), generator=g)
+    for n_bins in (5, 15):
+        want = multiclass_calibration_error(probs, targets, num_classes=10, n_bins=n_bins).item()
+        assert expected_calibration_error(probs, targets, n_bins) == pytest.approx(want, abs=1e-6)
+
+
+def test_ece_errors():
+    with pytest.raises(ValueError, match="shape"):
+        expected_calibration_error(torch.rand(4), torch.zeros(4))
+    with pytest.raises(ValueError, match="targets"):
+        expected_calibration_error(torch.rand(4, 2), torch.zeros(3))
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(PROBS, TARGETS, n_bins=0)
+
+
+def test_predictive_entropy():
+    h = predictive_entropy(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -math.inf, -math.inf, -math.inf]]))
+    torch.testing.assert_close(h, torch.tensor([math.log(4), 0.0]))
+    h2 = predictive_entropy(torch.tensor([[math.log(0.25), math.log(0.75)]]))
+    assert h2.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-6)
+    # (S, B) log-joints along dim 0 equal the transposed (B, S) ones; logits are shift invariant
+    scores = torch.randn(3, 5)
+    torch.testing.assert_close(predictive_entropy(scores, dim=0), predictive_entropy(scores.T + 100.0))
+
+
+def test_ood_auroc_hand_computed():
+    assert ood_auroc(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert ood_auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    # pairs (in, out): (1,2) (1,4) (3,2) (3,4): in wins once -> 1/4
+    assert ood_auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 4.0])) == pytest.approx(0.25)
+    assert ood_auroc(torch.tensor([1.0]), torch.tensor([1.0])) == pytest.approx(0.5)
+    # -inf is the lowest score, not an error
+    assert ood_auroc(torch.tensor([0.0, -1.0]), torch.tensor([-math.inf, -2.0])) == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        ood_auroc(torch.tensor([math.nan]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="at least one"):
+        ood_auroc(torch.tensor([]), torch.tensor([0.0]))
+
+
+def test_log_marginal_equals_sum_over_labels():
+    net = uGMMNet(4, 1, hidden=[5]).eval()
+    x = torch.randn(6, 3)
+    states = torch.arange(3.0)
+    full = torch.cat([x, torch.zeros(6, 1)], dim=1)
+    want = torch.logsumexp(torch.stack([log_joint(net, x, torch.full((6,), s)) for s in states]), dim=0)
+    torch.testing.assert_close(log_marginal(net, full, 3, states), want.detach())
+    torch.testing.assert_close(log_marginal(net, full, 3, states), log_joint_all(net, full, 3, states).logsumexp(0))
+
+
+def test_density_model_log_likelihood_detects_shifted_data():
+    """A real measurement: a uGMM density over 2-D blobs scores them above the same blobs shifted away."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-2.0, -2.0], [2.0, 2.0]])
+    x = centres[torch.randint(2, (400,), generator=g)] + 0.5 * torch.randn(400, 2, generator=g)
+    net = uGMMNet(2, 1, hidden=[8, 4])
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        (-net(x).mean()).backward()
+        opt.step()
+    with torch.no_grad():
+        score_in, score_out = net.eval()(x)[:, 0], net(x + 6.0)[:, 0]  # every feature outside its range
+    assert ood_auroc(score_in, score_out) > 0.95
+
+
+def test_rotate_images():
+    x = torch.rand(3, 1, 6, 6)
+    torch.testing.assert_close(rotate_images(x, 90), torch.rot90(x, 1, (-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rotate_images(x, 0), x)
+    torch.testing.assert_close(rotate_images(x[:, 0], 180), torch.rot90(x[:, 0], 2, (-2, -1)), atol=1e-5, rtol=0)
+    # 45 degrees: corners leave the frame and become background (0)
+    r = rotate_images(torch.ones(1, 8, 8), 45)
+    assert r.shape == (1, 8, 8) and r[0, 0, 0] == 0 and r[0, 4, 4] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="images"):
+        rotate_images(torch.rand(8, 8), 10)
+
+
+def test_noise_images_and_additive_noise():
+    like = torch.zeros(50, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    for kind in ("uniform", "gaussian"):
+        n = noise_images(like, kind, generator=g)
+        assert n.shape == like.shape and n.min() >= 0 and n.max() <= 1 and n.std() > 0.1
+    assert noise_images(like, "uniform", generator=g).mean().item() == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="noise kind"):
+        noise_images(like, "salt")
+    with pytest.raises(ValueError, match="high > low"):
+        noise_images(like, low=1.0, high=1.0)
+    x = torch.rand(4, 784)
+    torch.testing.assert_close(add_gaussian_noise(x, 0.0), x)
+    noisy = add_gaussian_noise(x, 0.3, generator=g)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and (noisy - x).abs().mean() > 0.1
