@@ -151,6 +151,15 @@ def test_zero_upstream_gradient_rows(device):
     check_against_reference(inputs, g)
 
 
+def test_empty_batch(device):
+    x, mu, sigma, log_pi = make_inputs(0, 3, 5, device)
+    y, grads = outputs_and_grads(
+        triton_backend.mixture_loglik, [x, mu, sigma, log_pi], torch.zeros(0, 3, device=device)
+    )
+    assert y.shape == (0, 3) and grads[0].shape == (0, 5)
+    assert all((d == 0).all() for d in grads[1:])
+
+
 def test_float64_gradcheck(device):
     # closed-form backward against finite differences of the kernel itself
     x, mu, sigma, log_pi = make_inputs(3, 2, 5, device, dtype=torch.float64, drop_p=0.3, seed=5)
