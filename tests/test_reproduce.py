@@ -1,0 +1,98 @@
+"""scripts/reproduce.py: the statistics by hand, and one quick run through the real train.py."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load_script()
+
+
+def test_mean_std_is_the_sample_std():
+    assert reproduce.mean_std([0.9, 1.0]) == pytest.approx((0.95, math.sqrt(0.005)))
+    assert reproduce.mean_std([0.5]) == (0.5, 0.0)
+    with pytest.raises(ValueError):
+        reproduce.mean_std([])
+
+
+def test_failed_runs_are_counted_but_left_out_of_the_statistics():
+    records = [
+        {
+            "experiment": "paper_iris",
+            "seed": s,
+            "status": "ok",
+            "command": f"python train.py seed={s}",
+            "metrics": {"test/acc": acc},
+            "wall_time_s": 2.0 * (s + 1),
+            "elapsed_s": 10.0,
+        }
+        for s, acc in ((0, 0.9), (1, 1.0))
+    ]
+    records.append(
+        {
+            "experiment": "paper_iris",
+            "seed": 2,
+            "status": "failed",
+            "command": "python train.py seed=2",
+            "elapsed_s": 1.0,
+        }
+    )
+    summary = reproduce.aggregate(records)["paper_iris"]
+    assert (summary["runs"], summary["ok"], summary["seeds"]) == (3, 2, [0, 1])
+    assert summary["metrics"]["test/acc"]["mean"] == pytest.approx(0.95)
+    assert summary["wall_time_s"]["mean"] == pytest.approx(3.0)
+    assert summary["command"] == "python train.py seed=<seed>"
+    table = reproduce.markdown_table({"paper_iris": summary}, "test cpu", quick=False)
+    assert "| `paper_iris` | 2/3 | 95.00 +- 7.07 |" in table
+
+
+def test_quick_run_through_train_py(tmp_path):
+    out = tmp_path / "repro"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "reproduce.py"),
+            "--experiments",
+            "paper_iris",
+            "--seeds",
+            "3",
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["status"] == "ok" and run["seed"] == 3
+    # the table's accuracy is the run's own metrics.json
+    written = json.loads((out / "runs" / "paper_iris" / "seed_3" / "metrics.json").read_text())
+    assert run["metrics"]["test/acc"] == written["metrics"]["test/acc"]
+    acc = 100 * written["metrics"]["test/acc"]
+    table = (out / "results.md").read_text()
+    assert f"| `paper_iris` | 1/1 | {acc:.2f} +- 0.00 |" in table
+    assert "QUICK MODE" in table and "Hardware:" in table
+    assert table in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--experiments", "nope", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "unknown experiment" in bad.stderr
