@@ -205,6 +205,15 @@ def test_layer_dropout_and_floor_identical_to_reference(device):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
+@pytest.mark.skipif(INTERPRETER, reason="compiles real GPU code; the interpreter replaces triton.jit")
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_kernels_compile_for_hopper(dtype):
+    # the interpreter accepts code the GPU compiler rejects: compile to PTX and cubin for sm_90, no GPU needed
+    ptx = triton_backend.compile_for(90, dtype)
+    assert set(ptx) == {"mixture_fwd_kernel", "mixture_bwd_x_kernel", "mixture_bwd_params_kernel"}
+    assert all(".entry" in code for code in ptx.values())
+
+
 def test_dispatch_and_availability(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not triton_backend.is_available("cpu") and not backend_available("triton", "cpu")
