@@ -242,3 +242,6 @@ def test_bad_inputs_fail_with_one_line():
         triton_backend.mixture_loglik(x, mu[:, :3], sigma, log_pi)
     with pytest.raises(ValueError, match="x must be"):
         triton_backend.mixture_loglik(x[0], mu, sigma, log_pi)
+    huge = x[:1].expand(2**29, 4)  # a view: 2**31 elements, nothing allocated
+    with pytest.raises(ValueError, match="split the batch"):
+        triton_backend.mixture_loglik(huge, mu, sigma, log_pi)

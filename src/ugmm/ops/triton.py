@@ -19,6 +19,7 @@ float32 and float64 are supported (accumulation in the input dtype); other dtype
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from functools import cache
@@ -120,6 +121,11 @@ def _launcher(device: torch.device):
     return (*_compiled_kernels(), {})
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' GPU, not whichever is current (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _grid(rows: int, cols: int, row_block: str, col_block: str):
     return lambda meta: (triton.cdiv(rows, meta[row_block]), triton.cdiv(cols, meta[col_block]))
 
@@ -136,6 +142,9 @@ def _check(x, means, stds, log_weights) -> None:
             raise TypeError(f"uGMM triton backend: all inputs must share float32 or float64, {name} is {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"uGMM triton backend: {name} is on {t.device}, x on {x.device}")
+    B, K, J = x.shape[0], x.shape[1], means.shape[0]
+    if max(B * K, B * J, J * K) >= 2**31:  # the kernels index with int32
+        raise ValueError(f"uGMM triton backend: x {tuple(x.shape)} with {J} neurons is too large; split the batch")
 
 
 class TritonMixtureLoglik(torch.autograd.Function):
@@ -151,7 +160,8 @@ class TritonMixtureLoglik(torch.autograd.Function):
         y = torch.empty(B, J, device=x.device, dtype=x.dtype)
         if B and J:
             fwd, _, _, blocks = _launcher(x.device)
-            fwd[_grid(B, J, "BLOCK_B", "BLOCK_J")](x, means, inv, c, y, B, J, K, **blocks)
+            with _on(x.device):
+                fwd[_grid(B, J, "BLOCK_B", "BLOCK_J")](x, means, inv, c, y, B, J, K, **blocks)
         ctx.save_for_backward(x, means, inv, c, y)
         return y
 
@@ -170,13 +180,15 @@ class TritonMixtureLoglik(torch.autograd.Function):
         if need_x:
             dx = alloc(x)
             if B and J:
-                bwd_x[_grid(B, K, "BLOCK_B", "BLOCK_K")](x, means, inv, c, y, g, dx, B, J, K, **blocks)
+                with _on(x.device):
+                    bwd_x[_grid(B, K, "BLOCK_B", "BLOCK_K")](x, means, inv, c, y, g, dx, B, J, K, **blocks)
         if need_mu or need_sigma or need_logpi:
             dmu, dsigma, dlogpi = (alloc(means) for _ in range(3))
             if B and J:
-                bwd_params[_grid(J, K, "BLOCK_J", "BLOCK_K")](
-                    x, means, inv, c, y, g, dmu, dsigma, dlogpi, B, J, K, **blocks
-                )
+                with _on(x.device):
+                    bwd_params[_grid(J, K, "BLOCK_J", "BLOCK_K")](
+                        x, means, inv, c, y, g, dmu, dsigma, dlogpi, B, J, K, **blocks
+                    )
         return dx, dmu if need_mu else None, dsigma if need_sigma else None, dlogpi if need_logpi else None
 
 
@@ -193,4 +205,4 @@ def mixture_loglik(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log
     return TritonMixtureLoglik.apply(x, means, stds, log_weights)
 
 
-__all__ = ["INTERPRET_BLOCKS", "TritonMixtureLoglik", "is_available", "mixture_loglik"]
+__all__ = ["INTERPRET_BLOCKS", "TritonMixtureLoglik", "compile_for", "is_available", "mixture_loglik"]
