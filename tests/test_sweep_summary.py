@@ -58,7 +58,9 @@ def test_summary_sorts_by_monitor_and_lists_failures(tmp_path):
     assert rows[0]["overrides"] == "model.width=8" and float(rows[1]["val/loss"]) == pytest.approx(0.5)
     md = md_path.read_text()
     assert "5 jobs, 2 ok, 3 failed" in md and "sorted by val/acc (max)" in md
-    assert md.index("model.width=8") < md.index("model.width=4") < md.index("model.width=32")
+    header, _, *lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert "| model.width |" in header and "| best val/acc |" in header  # one column per swept key
+    assert [line.split("|")[5].strip() for line in lines] == ["8", "4", "64", "16", "32"]
 
 
 def test_summary_min_mode_sorts_ascending(tmp_path):

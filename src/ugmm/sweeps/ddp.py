@@ -68,7 +68,12 @@ def hydra_child_command(entry_point: str, local_rank: int) -> tuple[list[str], s
     if not module or not func:
         raise ValueError(f"entry_point must look like 'package.module:function', got {entry_point!r}")
     cmd = [sys.executable, "-c", f"from {module} import {func}; {func}()"]
-    config_args = _config_args(sys.argv[1:])
+    # the child imports the entry instead of running a file, so name the parent's primary config explicitly
+    config_args = [a for a in _config_args(sys.argv[1:]) if not a.startswith(("--config-path", "-cp"))]
+    main_source = next((s for s in hc.runtime.config_sources if s.provider == "main"), None)
+    if main_source is not None:
+        path = main_source.path if main_source.schema == "file" else f"{main_source.schema}://{main_source.path}"
+        config_args += ["--config-path", path]
     if not any(a.startswith(("--config-name", "-cn")) for a in config_args) and hc.job.config_name:
         config_args += ["--config-name", hc.job.config_name]
     cmd += config_args

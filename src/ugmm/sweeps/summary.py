@@ -171,49 +171,77 @@ class SweepSummary:
     def best(self) -> JobResult | None:
         return self.jobs[0] if self.jobs and self.jobs[0].ok else None
 
-    def columns(self) -> list[str]:
-        best_col = f"best {self.monitor}" if self.monitor else "best"
-        return ["rank", "job", "status", best_col, "overrides", *self.metric_names, "wall_time_s", "dir", "error"]
+    def swept_keys(self) -> list[str]:
+        """Override keys whose value differs between jobs (the sweep's axes), in command-line order."""
+        values: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        for j in self.jobs:
+            for key, value in _split(j.overrides).items():
+                values.setdefault(key, set()).add(value)
+                counts[key] = counts.get(key, 0) + 1
+        return [k for k in values if len(values[k]) > 1 or counts[k] < len(self.jobs)]
 
-    def rows(self, sweep_dir: Path | None = None) -> list[list[str]]:
+    def common_overrides(self) -> list[str]:
+        """Overrides every job shares (shown once above the table)."""
+        swept = set(self.swept_keys())
+        first = _split(self.jobs[0].overrides) if self.jobs else {}
+        return [f"{k}={v}" for k, v in first.items() if k not in swept]
+
+    def _title(self) -> str:
+        n_ok = sum(j.ok for j in self.jobs)
+        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
+        if self.monitor:
+            title += f"; sorted by {self.monitor} ({self.mode})"
+        return title
+
+    def table(
+        self, full: bool, metrics: bool = True, sweep_dir: Path | None = None
+    ) -> tuple[list[str], list[list[str]]]:
+        """Columns and rows. ``full`` (the CSV): all overrides in one column plus the job dir;
+        otherwise one column per swept key. ``metrics``: one column per final metric."""
+        swept = self.swept_keys()
+        cols = ["rank", "job", "status", f"best {self.monitor}" if self.monitor else "best"]
+        cols += ["overrides"] if full else swept
+        cols += self.metric_names if metrics else []
+        cols += ["wall_time_s"] + (["dir"] if full else []) + ["error"]
         rows = []
         for rank, j in enumerate(self.jobs, 1):
-            rel = j.job_dir
-            if sweep_dir is not None:
-                try:
+            row = [str(rank) if j.ok else "-", "" if j.num is None else str(j.num), j.status]
+            row.append(_fmt(j.best) if j.ok else "")
+            if full:
+                row.append(" ".join(j.overrides))
+            else:
+                kv = _split(j.overrides)
+                row += [kv.get(k, "") for k in swept]
+            row += [_fmt(j.metrics.get(k)) for k in self.metric_names] if metrics else []
+            row.append(_fmt(j.wall_time_s, 1))
+            if full:
+                rel = j.job_dir
+                if sweep_dir is not None and j.job_dir.is_relative_to(sweep_dir):
                     rel = j.job_dir.relative_to(sweep_dir)
-                except ValueError:
-                    pass
-            rows.append(
-                [
-                    str(rank) if j.ok else "-",
-                    "" if j.num is None else str(j.num),
-                    j.status,
-                    _fmt(j.best) if j.ok else "",
-                    " ".join(j.overrides),
-                    *[_fmt(j.metrics.get(k)) for k in self.metric_names],
-                    _fmt(j.wall_time_s, 1),
-                    str(rel),
-                    j.error,
-                ]
-            )
-        return rows
+                row.append(str(rel))
+            row.append(j.error)
+            rows.append(row)
+        return cols, rows
 
     def to_csv(self, sweep_dir: Path | None = None) -> str:
+        """One row per job: all overrides, every final metric, the job dir and the error."""
+        cols, rows = self.table(full=True, sweep_dir=sweep_dir)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(self.columns())
-        writer.writerows(self.rows(sweep_dir))
+        writer.writerow(cols)
+        writer.writerows(rows)
         return buf.getvalue()
 
-    def to_markdown(self, sweep_dir: Path | None = None) -> str:
-        n_ok = sum(j.ok for j in self.jobs)
-        head = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
-        if self.monitor:
-            head += f"; sorted by {self.monitor} ({self.mode})"
-        cols = self.columns()
-        lines = [f"# {head}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for row in self.rows(sweep_dir):
+    def to_markdown(self) -> str:
+        """A Markdown table: one column per swept key, the shared overrides listed once above it."""
+        cols, rows = self.table(full=False)
+        lines = [f"# {self._title()}", ""]
+        common = self.common_overrides()
+        if common:
+            lines += ["Common overrides: `" + " ".join(common) + "`", ""]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for row in rows:
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |")
         return "\n".join(lines) + "\n"
 
@@ -223,25 +251,34 @@ class SweepSummary:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
         csv_path.write_text(self.to_csv(sweep_dir))
-        md_path.write_text(self.to_markdown(sweep_dir))
+        md_path.write_text(self.to_markdown())
         return csv_path, md_path
 
-    def print(self, sweep_dir: Path | None = None) -> None:
-        """Print the table to the terminal (rich renders the same rows as ``summary.md``)."""
+    def print(self) -> None:
+        """Print the table (swept keys, best value, status, error) to the terminal with rich."""
         from rich.console import Console
         from rich.table import Table
 
-        cols = self.columns()
-        n_ok = sum(j.ok for j in self.jobs)
-        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
-        if self.monitor:
-            title += f" (sorted by {self.monitor}, {self.mode})"
-        table = Table(title=title)
+        cols, rows = self.table(full=False, metrics=False)
+        common = self.common_overrides()
+        table = Table(title=self._title(), caption=("common: " + " ".join(common)) if common else None)
         for c in cols:
             table.add_column(c, overflow="fold")
-        for row in self.rows(sweep_dir):
+        for row in rows:
             table.add_row(*row, style=None if row[2] == "ok" else "red")
-        Console(width=max(160, Console().width)).print(table)
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: no reason to wrap at 80 columns
+            console = Console(width=200)
+        console.print(table)
+
+
+def _split(overrides: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (keys keep their ``+``/``~`` prefixes)."""
+    out = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        out[key] = value
+    return out
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -281,5 +318,5 @@ class SweepSummaryCallback(Callback):
             return
         summary = SweepSummary.from_sweep_dir(sweep_dir)
         csv_path, md_path = summary.write(sweep_dir)
-        summary.print(sweep_dir)
+        summary.print()
         log.info("sweep summary written to %s and %s", csv_path, md_path)

@@ -148,10 +148,11 @@ def finish_wandb(loggers: Any, summary: dict[str, Any] | None = None, failed: bo
             if summary:
                 lg._experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
             lg._experiment.finish(exit_code=1 if failed else 0)
-    try:
-        import wandb
+    import wandb
 
-        if wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
-    except ImportError:  # pragma: no cover - wandb is a dependency
-        pass
+    run = wandb.run
+    if run is not None and rank_zero_only.rank == 0:
+        sync_dir, offline = Path(run.dir).parent, run.offline
+        run.finish(exit_code=1 if failed else 0)
+        if offline:
+            print(f"wandb: offline run; sync with: wandb sync {sync_dir}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def iter_record_bytes(path: str | os.PathLike):
             continue
         length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
+        if pos + _HEADER + length > len(data):  # a record still being written
+            break
         chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         if kind == _FULL:
@@ -71,16 +74,30 @@ def _items(items) -> dict[str, Any]:
     return out
 
 
-def read_offline_run(run_dir: str | os.PathLike) -> OfflineRun:
-    """Decode ``<run_dir>/run-*.wandb`` (``run_dir`` is an ``offline-run-*`` dir or the ``.wandb`` file)."""
+def read_offline_run(run_dir: str | os.PathLike, wait_s: float = 30.0) -> OfflineRun:
+    """Decode ``<run_dir>/run-*.wandb`` (``run_dir`` is an ``offline-run-*`` dir or the ``.wandb`` file).
+
+    ``wandb.finish()`` can return before wandb's service process has flushed the log; this waits up
+    to ``wait_s`` seconds for the run's exit record (a run still going is returned as read).
+    """
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = [run_dir] if run_dir.is_file() else sorted(run_dir.glob("run-*.wandb"))
+        run = _decode(files[0]) if files else None
+        if (run is not None and run.exit_code is not None) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if run is None:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
+    return run
+
+
+def _decode(path: Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    run_dir = Path(run_dir)
-    files = [run_dir] if run_dir.is_file() else sorted(run_dir.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
     run = OfflineRun()
-    for raw in iter_record_bytes(files[0]):
+    for raw in iter_record_bytes(path):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
