@@ -14,7 +14,9 @@ Every successful training job writes ``<run dir>/metrics.json``::
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -32,6 +34,11 @@ from ugmm.config import ConfigError, check_group_overrides, validate_eval_config
 from ugmm.data import DataError, MNISTDataModule, TabularDataModule
 from ugmm.data.mnist import MNIST_FAMILY
 from ugmm.modules import MODULES, plain
+from ugmm.sweeps.ddp import release_ddp_environment
+from ugmm.sweeps.summary import one_line_error, write_failed_job
+from ugmm.sweeps.wandb_logger import finish_wandb
+
+log = logging.getLogger(__name__)
 
 # the user-facing errors: one line, exit code 2
 USER_ERRORS = (ConfigError, DataError)
@@ -212,6 +219,8 @@ def train(cfg: DictConfig) -> float:
         if best_ckpt:
             extra["best checkpoint"] = summary["best_ckpt"]
         _print_summary(f"{cfg.task_name}: final metrics", metrics, out_dir, extra)
+    # one W&B run per job: finish it here, with the final metrics as its summary
+    finish_wandb(loggers, summary={f"best/{monitor}": summary["best"], **summary["metrics"]})
     return best
 
 
@@ -284,12 +293,42 @@ def _fail(err: Exception) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failed_job(err: Exception) -> float:
+    """Under ``-m``: keep the sweep going; this job's metrics.json says "failed" with the error line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    log.error("job %s failed: %s", hc.job.num, one_line_error(err), exc_info=err)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        write_failed_job(hc.runtime.output_dir, err, [str(o) for o in hc.overrides.task])
+    print(f"error: job {hc.job.num} ({' '.join(hc.overrides.task)}) failed: {one_line_error(err)}", file=sys.stderr)
+    return float("nan")  # optuna tells a NaN objective as a failed trial
+
+
 def _run_task(fn, cfg: DictConfig):
+    """Run ``fn(cfg)``; a single run exits non-zero on failure, a multirun job records it and returns NaN."""
     try:
         return fn(cfg)
     except USER_ERRORS as err:
+        finish_wandb(None, failed=True)
+        if _in_multirun():
+            return _record_failed_job(err)
         _discard_run_dir()
         _fail(err)
+    except Exception as err:
+        finish_wandb(None, failed=True)  # every W&B run is finished, also a failed one
+        if _in_multirun():
+            return _record_failed_job(err)
+        raise
+    finally:
+        release_ddp_environment()  # the next job of a multirun starts its own DDP ranks
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
