@@ -84,6 +84,21 @@ def stratified_split(y: torch.Tensor, fractions: Sequence[float], seed: int) -> 
     return [torch.cat(p).sort().values for p in parts]
 
 
+def per_rank_batch_size(datamodule, batch_size: int) -> int:
+    """This rank's share of the global ``batch_size``: ``batch_size / world_size`` under DDP.
+
+    ``data.batch_size`` is the global batch (what one optimiser step sees, the paper's 256), whatever
+    the number of devices; Lightning's DistributedSampler gives each rank its own slice of the data.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    world = trainer.world_size if trainer is not None else 1
+    if batch_size % world:
+        raise DataError(
+            f"data.batch_size={batch_size} is the global batch and must be divisible by the {world} DDP ranks"
+        )
+    return batch_size // world
+
+
 def trainer_device(datamodule) -> torch.device:
     """Where the attached Trainer computes (this rank's GPU under DDP), or the CPU without one.
 

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from lightning.pytorch import LightningDataModule
 
-from ugmm.data.base import DataError, InMemoryDataset, batch_loader, trainer_device
+from ugmm.data.base import DataError, InMemoryDataset, batch_loader, per_rank_batch_size, trainer_device
 
 MNIST_FAMILY = ("MNIST", "FashionMNIST", "KMNIST")
 # per-dataset pixel mean and std on the training images, for ``normalize: true``
@@ -155,7 +155,7 @@ class MNISTDataModule(LightningDataModule):
         }
 
     def train_dataloader(self):
-        return batch_loader(self.splits["train"], self.batch_size, shuffle=True)
+        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
 
     def val_dataloader(self):
         return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)

@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 
-from ugmm.data.base import DataError, InMemoryDataset, batch_loader, stratified_split, trainer_device
+from ugmm.data.base import (
+    DataError,
+    InMemoryDataset,
+    batch_loader,
+    per_rank_batch_size,
+    stratified_split,
+    trainer_device,
+)
 
 IRIS_CSV = Path(__file__).with_name("iris.csv")
 
@@ -162,7 +169,7 @@ class TabularDataModule(LightningDataModule):
         }
 
     def train_dataloader(self):
-        return batch_loader(self.splits["train"], self.batch_size, shuffle=True)
+        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
 
     def val_dataloader(self):
         return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
