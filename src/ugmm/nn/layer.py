@@ -17,12 +17,11 @@ def component_dropout_mask(n_nodes: int, n_nodes_in: int, p: float, generator=No
     yields NaN there, which with 4-5 inputs (Iris) happens with probability p**N per neuron.
     """
     drop = torch.rand(n_nodes, n_nodes_in, generator=generator, device=device) < p
-    dead = drop.all(dim=1)
-    if dead.any():
-        rows = dead.nonzero().squeeze(1)
-        keep = torch.randint(n_nodes_in, (rows.numel(),), generator=generator, device=device)
-        drop[rows, keep] = False
-    return drop
+    # branch-free (no host sync on GPU): every row draws a rescue index, used only where all dropped
+    rescue = torch.randint(n_nodes_in, (n_nodes, 1), generator=generator, device=device)
+    dead = drop.all(dim=1, keepdim=True)
+    revived = drop.gather(1, rescue) & ~dead
+    return drop.scatter(1, rescue, revived)
 
 
 class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
