@@ -1,0 +1,186 @@
+"""Fused C++ CPU backend of the uGMM op: OpenMP over rows and neurons, vectorised over inputs.
+
+The kernel (``csrc/ugmm_cpu.cpp``) is compiled on first use with :func:`torch.utils.cpp_extension.load`
+and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) or in ``UGMM_EXTENSIONS_DIR`` when set. It is built with
+``-march=native``, so the extension's name carries a hash of the source, the compiler flags, the CPU
+model and its instruction-set flags: a cache shared between machines never serves code built for
+another CPU. When no compiler is present or the build fails, :func:`is_available` warns once, naming
+the cause, and returns False, and ``backend="auto"`` uses the reference backend.
+
+Math (``x`` (B, n_in); ``means``, ``stds``, ``log_weights`` (n_out, n_in); output (B, n_out)):
+
+    q[b,j,k] = log_weights[j,k] - log stds[j,k] - log sqrt(2 pi) - z^2 / 2,  z = (x[b,k] - means[j,k]) / stds[j,k]
+    y[b,j]   = logsumexp_k q[b,j,k]
+
+Backward, in closed form from the saved inputs and y, with r = exp(q - y) and G = grad_y[b,j] * r:
+``dx = -sum_j G z / sigma``, ``dmeans = sum_b G z / sigma``, ``dstds = sum_b G (z^2 - 1) / sigma``,
+``dlog_weights = sum_b G``. Nothing of shape (B, n_out, n_in) is ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+_LDFLAGS = ["-fopenmp"]
+
+
+def _cpu_signature() -> str:
+    """Model and instruction-set flags of this CPU: what ``-march=native`` compiles for."""
+    fields = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU part"):
+                    fields.append(line.strip())
+                if line.strip() == "":
+                    break  # the first processor describes them all
+    except OSError:
+        pass
+    return "\n".join(fields)
+
+
+def extension_name() -> str:
+    """Name of the compiled module: a hash of source, flags, CPU and torch version."""
+    digest = hashlib.sha256()
+    for part in (
+        _SOURCE.read_bytes(),
+        " ".join(_CFLAGS).encode(),
+        _cpu_signature().encode(),
+        torch.__version__.encode(),
+    ):
+        digest.update(part)
+        digest.update(b"\0")
+    return f"ugmm_cpu_{digest.hexdigest()[:16]}"
+
+
+def _build():
+    """Compile (or load the cached) extension; raises with the cause on failure."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler found ({compiler!r} is not on PATH)")
+    # imported lazily (it pulls in setuptools); silence its "No CUDA runtime" notice, irrelevant here
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+
+    cpp_extension.verify_ninja_availability()  # raises "Ninja is required to load C++ extensions"
+    kwargs = {}
+    ext_dir = os.environ.get("UGMM_EXTENSIONS_DIR")
+    name = extension_name()
+    if ext_dir:
+        build_dir = Path(ext_dir).expanduser() / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["build_directory"] = str(build_dir)
+    return cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=_CFLAGS,
+        extra_ldflags=_LDFLAGS,
+        verbose=False,
+        **kwargs,
+    )
+
+
+@cache
+def _extension():
+    """The compiled module, or None (after one warning) when it cannot be built here."""
+    try:
+        return _build()
+    except Exception as err:  # noqa: BLE001 - any build failure means: use the reference backend
+        cause = " ".join(str(err).split())[:300] or type(err).__name__
+        warnings.warn(
+            f"ugmm: the fused CPU kernel could not be built ({cause}); using the reference backend instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def is_available(device: torch.device | str = "cpu") -> bool:
+    """True on CPU devices when the extension builds (the first call compiles it, ~1 min)."""
+    return torch.device(device).type == "cpu" and _extension() is not None
+
+
+def _derived(stds: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(j, k) constants the kernels read: 1 / sigma and c = log pi - log sigma - log sqrt(2 pi)."""
+    return stds.reciprocal().contiguous(), (log_weights - stds.log() - LOG_SQRT_2PI).contiguous()
+
+
+def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> None:
+    if x.dim() != 2 or means.dim() != 2:
+        raise ValueError(f"mixture_loglik expects x (B, n_in) and parameters (n_out, n_in), got {tuple(x.shape)}")
+    if not (means.shape == stds.shape == log_weights.shape) or x.shape[1] != means.shape[1]:
+        raise ValueError(
+            f"mixture_loglik shape mismatch: x {tuple(x.shape)}, means {tuple(means.shape)}, "
+            f"stds {tuple(stds.shape)}, log_weights {tuple(log_weights.shape)}"
+        )
+    dtypes = {t.dtype for t in (x, means, stds, log_weights)}
+    if len(dtypes) != 1 or x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"the cpu backend needs one dtype, float32 or float64, for all inputs; got {sorted(map(str, dtypes))}"
+        )
+    if any(t.device.type != "cpu" for t in (x, means, stds, log_weights)):
+        raise ValueError("the cpu backend needs every tensor on the CPU")
+
+
+class MixtureLoglikCPU(torch.autograd.Function):
+    """Autograd wrapper: saves x, the parameters and y (B, n_out); gradients in closed form."""
+
+    @staticmethod
+    def forward(ctx, x, means, stds, log_weights):
+        ext = _extension()
+        inv_sigma, c = _derived(stds, log_weights)
+        y = ext.forward(x.contiguous(), means.contiguous(), inv_sigma, c)
+        ctx.save_for_backward(x, means, stds, log_weights, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, means, stds, log_weights, y = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_params = any(ctx.needs_input_grad[1:4])
+        inv_sigma, c = _derived(stds, log_weights)
+        dx, dmu, dsig, dlw = _extension().backward(
+            grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y, need_x, need_params
+        )
+        return (
+            dx if need_x else None,
+            dmu if ctx.needs_input_grad[1] else None,
+            dsig if ctx.needs_input_grad[2] else None,
+            dlw if ctx.needs_input_grad[3] else None,
+        )
+
+
+def mixture_loglik(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """``y[b, j] = logsumexp_k(log_weights[j, k] + log N(x[b, k]; means[j, k], stds[j, k]))`` fused on CPU.
+
+    Shapes: x (B, n_in); means, stds, log_weights (n_out, n_in); returns (B, n_out). float32 or
+    float64; differentiable in any subset of the inputs (first order). ``stds`` is sigma after any
+    floor and ``log_weights`` is log pi with ``-inf`` for dropped components; a neuron whose
+    ``log_weights`` are all ``-inf`` gives ``-inf`` and zero gradients, never NaN.
+    """
+    _check(x, means, stds, log_weights)
+    if not is_available(x.device):
+        raise RuntimeError("the fused CPU kernel is not available here (see the earlier warning); use 'reference'")
+    return MixtureLoglikCPU.apply(x, means, stds, log_weights)

@@ -1,0 +1,215 @@
+"""The fused C++ CPU backend against the reference formula: outputs, all four gradients, edge cases."""
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from ugmm.nn import uGMMLayer
+from ugmm.ops import available_backends, mixture_loglik, mixture_loglik_reference, resolve_backend
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler: the cpu backend cannot be built"
+)
+
+cpu = pytest.importorskip("ugmm.ops.cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built():
+    # a compiler is present (see pytestmark), so a failed build is a bug, not a reason to skip
+    assert cpu.is_available("cpu"), "the fused CPU kernel did not build (see the warning)"
+
+
+def make_case(batch, n_out, n_in, *, dtype=torch.float32, sigma=(0.05, 1.5), drop=0.0, zeros=0.0, seed=0):
+    """Random inputs and parameters; sigma log-uniform in ``sigma``; ``drop``: dropped-component rate."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n_in, generator=gen, dtype=torch.float64) * 1.5
+    if zeros:
+        x[torch.rand(batch, n_in, generator=gen) < zeros] = 0.0
+    means = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+    lo, hi = torch.tensor(sigma, dtype=torch.float64).log()
+    stds = (lo + (hi - lo) * torch.rand(n_out, n_in, generator=gen, dtype=torch.float64)).exp()
+    logits = torch.rand(n_out, n_in, generator=gen, dtype=torch.float64)
+    if drop:
+        dropped = torch.rand(n_out, n_in, generator=gen) < drop
+        dropped[:, 0] = False  # keep every neuron alive here; dead neurons have their own test
+        logits = logits.masked_fill(dropped, float("-inf"))
+    log_weights = torch.log_softmax(logits, dim=1)
+    return [t.to(dtype) for t in (x, means, stds, log_weights)]
+
+
+def run(fn, inputs, grad_out, needs=(True, True, True, True)):
+    leaves = [t.clone().requires_grad_(n) for t, n in zip(inputs, needs)]
+    y = fn(*leaves)
+    wrt = [t for t in leaves if t.requires_grad]
+    grads = torch.autograd.grad(y, wrt, grad_out) if wrt else ()
+    return y.detach(), list(grads)
+
+
+def assert_matches_reference(inputs, needs=(True, True, True, True), seed=1):
+    """Outputs within 1e-5 relative, gradients within 1e-4 relative (of each gradient's largest entry)."""
+    batch, n_out = inputs[0].shape[0], inputs[1].shape[0]
+    grad_out = torch.randn(batch, n_out, generator=torch.Generator().manual_seed(seed), dtype=inputs[0].dtype)
+    y, grads = run(cpu.mixture_loglik, inputs, grad_out, needs)
+    y_ref, grads_ref = run(mixture_loglik_reference, inputs, grad_out, needs)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    assert len(grads) == len(grads_ref) == sum(needs)
+    for got, want in zip(grads, grads_ref):
+        assert torch.isfinite(got).all()
+        scale = want.abs().max().item() + 1e-30
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    "batch,n_out,n_in",
+    [(1, 1, 1), (1, 1, 3), (3, 1, 17), (1, 5, 17), (7, 3, 1), (9, 4, 3), (5, 2, 785), (33, 17, 70), (64, 24, 785)],
+)
+def test_matches_reference_awkward_sizes(batch, n_out, n_in):
+    assert_matches_reference(make_case(batch, n_out, n_in, seed=batch * 1000 + n_in))
+
+
+@pytest.mark.parametrize("n_in", [3, 17, 785])
+def test_dropout_masks(n_in):
+    assert_matches_reference(make_case(11, 6, n_in, drop=0.5, seed=n_in))
+
+
+@pytest.mark.parametrize("n_in", [1, 17, 785])
+def test_extreme_sigmas(n_in):
+    assert_matches_reference(make_case(6, 5, n_in, sigma=(1e-4, 1e3), seed=n_in))
+
+
+@pytest.mark.parametrize("zeros", [0.8, 1.0])
+def test_many_exact_zero_inputs(zeros):
+    # MNIST-like: most inputs are exactly 0, the rest in (0, 1]
+    x, means, stds, log_weights = make_case(40, 16, 785, zeros=zeros, drop=0.2, seed=7)
+    x = torch.where(x == 0, x, x.abs().clamp(max=1.0))
+    assert_matches_reference([x, means, stds, log_weights])
+
+
+@pytest.mark.parametrize(
+    "needs",
+    [(True, False, False, False), (False, True, True, True), (False, False, True, False), (True, True, False, True)],
+)
+def test_any_subset_requires_grad(needs):
+    assert_matches_reference(make_case(13, 7, 29, drop=0.3, seed=3), needs=needs)
+
+
+def test_no_grad_and_non_contiguous_inputs():
+    x, means, stds, log_weights = make_case(8, 5, 33, seed=4)
+    x_t = x.t().contiguous().t()  # same values, column-major
+    wide = torch.stack([means, means], dim=2)[:, :, 0]  # a strided view
+    assert not x_t.is_contiguous() and not wide.is_contiguous()
+    with torch.no_grad():
+        y = cpu.mixture_loglik(x_t, wide, stds, log_weights)
+    torch.testing.assert_close(y, mixture_loglik_reference(x, means, stds, log_weights), rtol=1e-5, atol=1e-5)
+    assert_matches_reference([x_t, wide, stds, log_weights])
+
+
+def test_dead_neurons_give_minus_inf_and_zero_gradients():
+    x, means, stds, log_weights = make_case(10, 4, 17, zeros=0.5, seed=5)
+    log_weights[1] = float("-inf")  # every component of neuron 1 dropped
+    leaves = [t.clone().requires_grad_() for t in (x, means, stds, log_weights)]
+    y = cpu.mixture_loglik(*leaves)
+    assert torch.isneginf(y[:, 1]).all() and torch.isfinite(y[:, [0, 2, 3]]).all()
+    (y[:, [0, 2, 3]].sum() + 0 * y[:, 1].sum()).backward()  # gradient 0 flows into the -inf column
+    for leaf in leaves:
+        assert not torch.isnan(leaf.grad).any()
+    for leaf in leaves[1:]:
+        assert (leaf.grad[1] == 0).all()
+    # the living neurons match the reference on the sub-problem without the dead one
+    alive = [0, 2, 3]
+    assert_matches_reference([x, means[alive], stds[alive], log_weights[alive]])
+    torch.testing.assert_close(
+        y[:, alive].detach(), mixture_loglik_reference(x, means[alive], stds[alive], log_weights[alive])
+    )
+
+
+def test_float64_gradcheck():
+    x, means, stds, log_weights = make_case(4, 3, 5, dtype=torch.float64, sigma=(0.3, 2.0), seed=6)
+    leaves = [t.requires_grad_() for t in (x, means, stds, log_weights)]
+    assert torch.autograd.gradcheck(cpu.mixture_loglik, leaves)
+    # and with a wider row that exercises the vector loops and their remainders
+    x, means, stds, log_weights = make_case(3, 2, 37, dtype=torch.float64, sigma=(0.3, 2.0), seed=8)
+    leaves = [t.requires_grad_() for t in (x, means, stds, log_weights)]
+    assert torch.autograd.gradcheck(cpu.mixture_loglik, leaves)
+
+
+def test_float64_matches_reference_tightly():
+    inputs = make_case(9, 4, 131, dtype=torch.float64, drop=0.3, zeros=0.6, seed=9)
+    grad_out = torch.randn(9, 4, dtype=torch.float64)
+    y, grads = run(cpu.mixture_loglik, inputs, grad_out)
+    y_ref, grads_ref = run(mixture_loglik_reference, inputs, grad_out)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_inputs_fail_with_one_line():
+    x, means, stds, log_weights = make_case(2, 3, 4)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        cpu.mixture_loglik(x[:, :3], means, stds, log_weights)
+    with pytest.raises(TypeError, match="one dtype"):
+        cpu.mixture_loglik(x.double(), means, stds, log_weights)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cpu.mixture_loglik(*(t.half() for t in (x, means, stds, log_weights)))
+
+
+def test_auto_picks_cpu_and_layer_matches_reference():
+    assert resolve_backend("auto", "cpu") == "cpu"
+    assert available_backends("cpu")[0] == "cpu"
+    fast = uGMMLayer(785, 9, dropout=0.3)
+    slow = uGMMLayer(785, 9, dropout=0.3, backend="reference")
+    slow.load_state_dict(fast.state_dict())
+    x = torch.rand(17, 785) * (torch.rand(17, 785) < 0.3)  # sparse, like MNIST pixels
+    drop = fast.sample_dropout_mask()
+    y = fast(x, drop=drop)
+    assert "MixtureLoglikCPU" in type(y.grad_fn).__name__
+    y_ref = slow(x, drop=drop)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    y_ref.sum().backward()
+    for p_fast, p_slow in zip(fast.parameters(), slow.parameters()):
+        scale = p_slow.grad.abs().max().item()
+        torch.testing.assert_close(p_fast.grad, p_slow.grad, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(
+        mixture_loglik(x, fast.means, fast.stds, fast.log_weights, backend="cpu"), fast.eval()(x)
+    )
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-ugmm")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        cpu._build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cpu._extension.__wrapped__() is None
+    assert len(caught) == 1 and "no C++ compiler" in str(caught[0].message)
+    assert "reference backend" in str(caught[0].message)
+
+
+def test_fallback_in_a_fresh_process():
+    """Without a compiler, backend='auto' warns exactly once and computes with the reference."""
+    code = (
+        "import warnings, torch\n"
+        "from ugmm.nn import uGMMLayer\n"
+        "from ugmm.ops import resolve_backend\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    layer = uGMMLayer(5, 3)\n"
+        "    for _ in range(3): y = layer(torch.randn(4, 5))\n"
+        "    assert resolve_backend('auto', 'cpu') == 'reference'\n"
+        "msgs = [str(m.message) for m in w if 'fused CPU kernel' in str(m.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert torch.isfinite(y).all()\n"
+        "print(msgs[0])\n"
+    )
+    env = {**os.environ, "CXX": "no-such-compiler-ugmm"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no C++ compiler" in out.stdout and "reference backend" in out.stdout
