@@ -37,9 +37,17 @@ SUMMARY_MD = "summary.md"
 
 
 def one_line_error(exc: BaseException) -> str:
-    """``"ValueError: bad width"``: the exception's type and the first line of its message."""
+    """``"ValueError: bad width"``: the exception's type and the first line of its message.
+
+    A wrapping exception (Hydra's ``InstantiationException`` says only "Error in call to target
+    ...") is followed by its cause: ``"InstantiationException: ... <- ValueError: Precision ..."``.
+    """
     msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    line = f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and cause is not exc:
+        line += f" <- {one_line_error(cause)}"
+    return line
 
 
 def write_job_metrics(output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
