@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class HydraWandbLogger(WandbLogger):
         save_dir: where the ``wandb/`` folder goes (the job's output dir in ``conf/logger/wandb.yaml``).
         offline: ``True``/``False``, or ``None`` for auto (offline when no credentials, see module doc).
         log_model: Lightning's option: ``True`` logs the checkpoints (best among them) as artifacts at
-            the end of training, ``"all"`` during training, ``False`` never.
+            the end of training, ``"all"`` during training, ``False`` never. Ignored (with a warning)
+            offline, where artifacts cannot be uploaded.
         **kwargs: passed to :class:`WandbLogger` and on to ``wandb.init`` (``tags``, ``entity``, ``job_type``...).
     """
 
@@ -93,6 +94,10 @@ class HydraWandbLogger(WandbLogger):
         auto_group, auto_name = hydra_run_names()
         self.auto_offline = offline is None
         offline = wandb_should_be_offline() if offline is None else bool(offline)
+        if offline and log_model:
+            # Lightning refuses log_model with offline runs (artifacts need the server): keep training
+            rank_zero_warn("wandb is offline: log_model is ignored, checkpoints stay in the job's checkpoints/ dir")
+            log_model = False
         if offline and "settings" not in kwargs:
             import wandb
 
