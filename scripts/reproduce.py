@@ -43,9 +43,9 @@ COLUMNS = (
 # tiny budget for --quick: one epoch over a few batches
 QUICK_OVERRIDES = (
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
+    "++trainer.limit_train_batches=3",
+    "++trainer.limit_val_batches=2",
+    "++trainer.limit_test_batches=2",
 )
 
 
