@@ -84,11 +84,31 @@ def test_extreme_sigmas(n_in):
     assert_matches_reference(make_case(6, 5, n_in, sigma=(1e-4, 1e3), seed=n_in))
 
 
-@pytest.mark.parametrize("zeros", [0.8, 1.0])
-def test_many_exact_zero_inputs(zeros):
-    # MNIST-like: most inputs are exactly 0, the rest in (0, 1]
-    x, means, stds, log_weights = make_case(40, 16, 785, zeros=zeros, drop=0.2, seed=7)
+@pytest.mark.parametrize("zero_path", [True, False])
+@pytest.mark.parametrize("zeros,n_in", [(0.8, 785), (1.0, 17), (0.6, 3)])
+def test_many_exact_zero_inputs(zeros, n_in, zero_path, monkeypatch):
+    # MNIST-like: most inputs are exactly 0, the rest in (0, 1]; both the zero-input path and the dense one
+    monkeypatch.setattr(cpu, "ZERO_INPUT_PATH", zero_path)
+    x, means, stds, log_weights = make_case(40, 16, n_in, zeros=zeros, drop=0.2, seed=7)
     x = torch.where(x == 0, x, x.abs().clamp(max=1.0))
+    for needs in [(True, True, True, True), (False, True, True, True), (True, False, False, False)]:
+        assert_matches_reference([x, means, stds, log_weights], needs=needs)
+
+
+@pytest.mark.parametrize("n_bad", [1, 16])
+def test_zero_inputs_where_the_shift_underflows(n_bad):
+    """A neuron's shift max_k c[j,k] can sit far above every term (a narrow, heavy component far from all
+    inputs): the zero-input path must recompute those rows exactly (a few: row by row; many: dense)."""
+    x, means, stds, log_weights = make_case(24, 32, 50, zeros=0.8, seed=11)
+    x = torch.where(x == 0, x, x.abs().clamp(max=1.0))
+    bad = slice(0, n_bad)
+    stds[bad] = 0.01
+    means[bad] = 3.0 + torch.rand(n_bad, 50)  # every input lies > 200 sigma away: terms ~ exp(-2e4)
+    stds[bad, 0] = 1e-4  # the shift: c = log pi + 9.2 - 0.92, its own term ~ exp(-5e8)
+    means[bad, 0] = 50.0
+    log_weights[bad] = torch.log_softmax(torch.cat([torch.full((n_bad, 1), 5.0), torch.zeros(n_bad, 49)], 1), 1)
+    y = cpu.mixture_loglik(x, means, stds, log_weights)
+    assert torch.isfinite(y).all() and (y[:, bad] < -1000).all()
     assert_matches_reference([x, means, stds, log_weights])
 
 

@@ -34,7 +34,7 @@ namespace {
 // exp for float, branch-free so that loops calling it vectorise: Cephes' expf polynomial (about 1 ulp)
 // after the range reduction x = n ln2 + r, |r| <= ln2 / 2. Exactly 0 below -87.3 (and for -inf).
 inline __attribute__((always_inline)) float vexp(float x) {
-  const float lo = -87.33654f, hi = 88.3762626f;
+  const float lo = -87.33654f, hi = 88.0f;  // e^lo: the least normal float
   const bool under = !(x >= lo);  // -inf (a dropped component) and NaN give 0
   float xc = x < lo ? lo : (x > hi ? hi : x);
   // round-to-nearest of x / ln2 via the 1.5 * 2^23 trick (exact for |v| < 2^22)
@@ -49,14 +49,11 @@ inline __attribute__((always_inline)) float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // scale by 2^n: n in [-126, 128]; split so that both factors are normal floats
-  int32_t ni = static_cast<int32_t>(n);
-  int32_t n1 = ni >> 1, n2 = ni - n1;
-  int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
-  float s1, s2;
-  std::memcpy(&s1, &b1, sizeof(float));
-  std::memcpy(&s2, &b2, sizeof(float));
-  float out = p * s1 * s2;
+  // scale by 2^n, n in [-126, 127] thanks to the clamps: a normal float built from its exponent bits
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  float out = p * scale;
   return under ? 0.0f : out;
 }
 
@@ -203,6 +200,222 @@ void backward_dense(const T* g, const T* x, const T* mu, const T* is, const T* c
   }
 }
 
+// ---- inputs that are exactly 0 (sparse-constant inputs) ---------------------------------------------------
+
+// Shifted sums below exp(kLogMin) are recomputed exactly: their terms would have lost precision to underflow.
+template <typename T>
+constexpr T kLogMin = T(-46);  // float: e^-46 ~ 1e-20, terms 1e-18 below the largest still normal
+template <>
+constexpr double kLogMin<double> = -460.0;  // ~1e-200
+
+// The zero-input path pays off when most inputs are exactly 0 (MNIST: ~80% of pixels).
+constexpr double kSparseMinZeroFraction = 0.5;
+
+// Per-neuron shift m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and, for input 0,
+// E = exp(q(0) - m), E z0 / sigma and E (z0^2 - 1) / sigma with z0 = -mu / sigma.
+struct ZeroTables {
+  at::Tensor m, E, Ezs, Ez2s;
+};
+
+template <typename T>
+ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c, bool need_grads) {
+  const int64_t n_out = mu.size(0), n_in = mu.size(1);
+  ZeroTables t{at::empty({n_out}, mu.options()), at::empty_like(mu), need_grads ? at::empty_like(mu) : at::Tensor(),
+               need_grads ? at::empty_like(mu) : at::Tensor()};
+  const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
+  T *pm = t.m.data_ptr<T>(), *pE = t.E.data_ptr<T>();
+  T* pEzs = need_grads ? t.Ezs.data_ptr<T>() : nullptr;
+  T* pEz2s = need_grads ? t.Ez2s.data_ptr<T>() : nullptr;
+  at::parallel_for(0, n_out, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const T *cj = pc + j * n_in, *muj = pmu + j * n_in, *isj = pis + j * n_in;
+      T mx = neg_inf<T>();
+#pragma omp simd reduction(max : mx)
+      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
+      const T mj = mx > neg_inf<T>() ? mx : T(0);
+      pm[j] = mj;
+      T* Ej = pE + j * n_in;
+#pragma omp simd
+      for (int64_t k = 0; k < n_in; ++k) {
+        T z0 = -muj[k] * isj[k];
+        Ej[k] = vexp(cj[k] - T(0.5) * z0 * z0 - mj);
+      }
+      if (need_grads) {
+        for (int64_t k = 0; k < n_in; ++k) {
+          T z0 = -muj[k] * isj[k];
+          pEzs[j * n_in + k] = Ej[k] * z0 * isj[k];
+          pEz2s[j * n_in + k] = Ej[k] * (z0 * z0 - T(1)) * isj[k];
+        }
+      }
+    }
+  });
+  return t;
+}
+
+template <typename T>
+bool mostly_zero(const at::Tensor& x) {
+  const T* p = x.data_ptr<T>();
+  const int64_t n = x.numel();
+  int64_t zeros = 0;
+#pragma omp simd reduction(+ : zeros)
+  for (int64_t i = 0; i < n; ++i) zeros += p[i] == T(0);
+  return n > 0 && zeros >= kSparseMinZeroFraction * n;
+}
+
+// Nonzero positions of row xb, written to nz; returns their count.
+template <typename T>
+inline int64_t nonzeros(const T* xb, int64_t n_in, int64_t* nz) {
+  int64_t n = 0;
+  for (int64_t k = 0; k < n_in; ++k) {
+    nz[n] = k;
+    n += xb[k] != T(0);
+  }
+  return n;
+}
+
+// Forward with the shift m[j]: S = Z @ E^T for the zero inputs plus per-term exponentials of the nonzero ones,
+// vectorised over neurons j with the parameters transposed to (n_in, n_out). Underflowed sums: exact path.
+template <typename T>
+void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c,
+                    at::Tensor& y) {
+  const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
+  ZeroTables tab = zero_tables<T>(mu, is, c, false);
+  at::Tensor S0 = at::mm(x.eq(0).to(x.scalar_type()), tab.E.t());  // (B, n_out)
+  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = c.t().contiguous();
+  const T *px = x.data_ptr<T>(), *pS0 = S0.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
+  const T *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
+  const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
+  T* py = y.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> acc(n_out), q(n_in);
+    std::vector<int64_t> nz(n_in);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* xb = px + b * n_in;
+      const int64_t n = nonzeros(xb, n_in, nz.data());
+      std::copy(pS0 + b * n_out, pS0 + (b + 1) * n_out, acc.begin());
+      T* __restrict a = acc.data();
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = nz[i];
+        const T xv = xb[k];
+        const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out,
+                            *__restrict ck = pcT + k * n_out;
+#pragma omp simd
+        for (int64_t j = 0; j < n_out; ++j) {
+          T z = (xv - muk[j]) * isk[j];
+          a[j] += vexp(ck[j] - T(0.5) * z * z - pm[j]);
+        }
+      }
+      for (int64_t j = 0; j < n_out; ++j) {
+        const T ls = std::log(a[j]);  // -inf for an empty sum
+        if (ls >= kLogMin<T>) {
+          py[b * n_out + j] = pm[j] + ls;
+        } else {
+          forward_rows(px, pmu + j * n_in, pis + j * n_in, pc + j * n_in, py, q.data(), b, b + 1, j, n_out, n_in);
+        }
+      }
+    }
+  });
+}
+
+// Backward matching forward_sparse. Rows (b, j) whose shifted sum underflowed take the exact dense path;
+// when they are more than a few percent, returns false before writing anything and the caller goes dense.
+template <typename T, bool NEED_X, bool NEED_P>
+bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is,
+                     const at::Tensor& c, const at::Tensor& y, at::Tensor& dx, at::Tensor& dmu, at::Tensor& dsig,
+                     at::Tensor& dlw) {
+  const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
+  ZeroTables tab = zero_tables<T>(mu, is, c, true);
+  const T *pg = g.data_ptr<T>(), *py = y.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
+  // h = g exp(m - y) = g / S: G = h E for a zero input. geff, yeff: g and y of the rows handled here, else 0
+  at::Tensor h = at::empty({B, n_out}, x.options()), geff = at::empty_like(h), yeff = at::empty_like(h);
+  T *ph = h.data_ptr<T>(), *pge = geff.data_ptr<T>(), *pye = yeff.data_ptr<T>();
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < n_out; ++j) {
+        const int64_t i = b * n_out + j;
+        const T gg = pg[i], yy = py[i], ym = yy - pm[j];
+        const bool here = gg != T(0) && yy > neg_inf<T>() && ym >= kLogMin<T>;
+        const T e = vexp(here ? -ym : T(0));
+        ph[i] = here ? gg * e : T(0);
+        pge[i] = here ? gg : T(0);
+        pye[i] = here ? yy : T(0);
+      }
+    }
+  });
+  std::vector<std::pair<int64_t, int64_t>> exact;  // live rows whose shifted sum underflowed
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < n_out; ++j) {
+      const int64_t i = b * n_out + j;
+      if (pg[i] != T(0) && py[i] > neg_inf<T>() && !(py[i] - pm[j] >= kLogMin<T>)) exact.emplace_back(b, j);
+    }
+  }
+  if (static_cast<double>(exact.size()) > 0.05 * static_cast<double>(B * n_out)) return false;
+
+  at::Tensor Z = x.eq(0).to(x.scalar_type());
+  if (NEED_P) {
+    at::Tensor H0 = at::mm(h.t(), Z);  // (n_out, n_in): sum over the rows where input k is 0
+    at::mul_out(dlw, tab.E, H0);
+    at::mul_out(dmu, tab.Ezs, H0);
+    at::mul_out(dsig, tab.Ez2s, H0);
+  }
+  if (NEED_X) at::mul_out(dx, at::mm(h, tab.Ezs), Z).neg_();
+
+  // nonzero inputs: column by column (parallel over inputs k), so each thread owns its dx[:, k] and the
+  // parameter gradients of its inputs, and the column's parameters and accumulators stay in L1 over the rows
+  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = c.t().contiguous();
+  const T *px = x.data_ptr<T>(), *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
+  T* pdx = NEED_X ? dx.data_ptr<T>() : nullptr;
+  at::Tensor dT = NEED_P ? at::empty({3, n_in, n_out}, x.options()) : at::Tensor();  // transposed gradients
+  T* pdT = NEED_P ? dT.data_ptr<T>() : nullptr;
+  const int64_t P = n_out * n_in;
+  at::parallel_for(0, n_in, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> zero(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
+    for (int64_t k = k0; k < k1; ++k) {
+      const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out, *__restrict ck = pcT + k * n_out;
+      T* __restrict amu = NEED_P ? pdT + k * n_out : zero.data();
+      T* __restrict asig = NEED_P ? pdT + P + k * n_out : zero.data() + n_out;
+      T* __restrict alw = NEED_P ? pdT + 2 * P + k * n_out : zero.data() + 2 * n_out;
+      std::fill(amu, amu + n_out, T(0));
+      std::fill(asig, asig + n_out, T(0));
+      std::fill(alw, alw + n_out, T(0));
+      for (int64_t b = 0; b < B; ++b) {
+        const T xv = px[b * n_in + k];
+        if (xv == T(0)) continue;
+        const T *__restrict gb = pge + b * n_out, *__restrict yb = pye + b * n_out;
+        T sx = 0;
+#pragma omp simd reduction(+ : sx)
+        for (int64_t j = 0; j < n_out; ++j) {
+          T z = (xv - muk[j]) * isk[j];
+          T G = gb[j] * vexp(ck[j] - T(0.5) * z * z - yb[j]);
+          T Gzs = G * z * isk[j];
+          sx += Gzs;
+          if (NEED_P) {
+            amu[j] += Gzs;
+            asig[j] += G * (z * z - T(1)) * isk[j];
+            alw[j] += G;
+          }
+        }
+        if (NEED_X) pdx[b * n_in + k] -= sx;
+      }
+    }
+  });
+  if (NEED_P) {
+    dmu.add_(dT[0].t());
+    dsig.add_(dT[1].t());
+    dlw.add_(dT[2].t());
+  }
+  const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
+  T* pdmu = NEED_P ? dmu.data_ptr<T>() : nullptr;
+  T* pdsig = NEED_P ? dsig.data_ptr<T>() : nullptr;
+  T* pdlw = NEED_P ? dlw.data_ptr<T>() : nullptr;
+  for (const auto& [b, j] : exact) {  // few (see above): serially, owning every output
+    backward_block<T, NEED_X, NEED_P>(pg, px, pmu, pis, pc, py, pdx, pdmu, pdsig, pdlw, b, b + 1, j, j + 1, n_out,
+                                      n_in);
+  }
+  return true;
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c) {
   TORCH_CHECK(x.device().is_cpu(), "ugmm cpu kernel: tensors must be on the CPU");
   TORCH_CHECK(x.dim() == 2 && mu.dim() == 2, "ugmm cpu kernel: x must be (B, n_in), parameters (n_out, n_in)");
@@ -216,12 +429,17 @@ void check_inputs(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& i
               "ugmm cpu kernel: float32 or float64 only");
 }
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& inv_sigma, const at::Tensor& c) {
+at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& inv_sigma, const at::Tensor& c,
+                   bool use_sparse) {
   check_inputs(x, mu, inv_sigma, c);
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
   at::Tensor y = at::empty({B, n_out}, x.options());
   if (B == 0 || n_out == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ugmm_forward", [&] {
+    if (use_sparse && mostly_zero<scalar_t>(x)) {
+      forward_sparse<scalar_t>(x, mu, inv_sigma, c, y);
+      return;
+    }
     forward_dense<scalar_t>(x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), inv_sigma.data_ptr<scalar_t>(),
                             c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, n_out, n_in);
   });
@@ -231,7 +449,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
 // Returns (dx, dmu, dsigma, dlog_weights); the ones not asked for are empty tensors.
 std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mu,
                                  const at::Tensor& inv_sigma, const at::Tensor& c, const at::Tensor& y,
-                                 bool need_x, bool need_params) {
+                                 bool need_x, bool need_params, bool use_sparse) {
   check_inputs(x, mu, inv_sigma, c);
   TORCH_CHECK(g.is_contiguous() && y.is_contiguous() && g.sizes() == y.sizes() &&
                   g.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(),
@@ -247,11 +465,15 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
     auto args = std::make_tuple(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(),
                                 inv_sigma.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                 ptr(dx), ptr(dmu), ptr(dsig), ptr(dlw), B, n_out, n_in);
+    const bool sparse = use_sparse && mostly_zero<scalar_t>(x);
     if (need_x && need_params) {
+      if (sparse && backward_sparse<scalar_t, true, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
       std::apply(backward_dense<scalar_t, true, true>, args);
     } else if (need_x) {
+      if (sparse && backward_sparse<scalar_t, true, false>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
       std::apply(backward_dense<scalar_t, true, false>, args);
     } else {
+      if (sparse && backward_sparse<scalar_t, false, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
       std::apply(backward_dense<scalar_t, false, true>, args);
     }
   });
@@ -261,6 +483,9 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "uGMM log-likelihood forward (B, n_out)");
-  m.def("backward", &backward, "uGMM log-likelihood backward: (dx, dmu, dsigma, dlog_weights)");
+  m.def("forward", &forward, "uGMM log-likelihood forward (B, n_out)", py::arg("x"), py::arg("mu"),
+        py::arg("inv_sigma"), py::arg("c"), py::arg("use_sparse") = true);
+  m.def("backward", &backward, "uGMM log-likelihood backward: (dx, dmu, dsigma, dlog_weights)", py::arg("g"),
+        py::arg("x"), py::arg("mu"), py::arg("inv_sigma"), py::arg("c"), py::arg("y"), py::arg("need_x"),
+        py::arg("need_params"), py::arg("use_sparse") = true);
 }
