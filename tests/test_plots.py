@@ -163,3 +163,35 @@ def test_sweep_summary(tmp_path):
         plot_sweep_summary(path, x="model.depth")
     with pytest.raises(ValueError, match="say which column"):
         plot_sweep_summary([{"a": 1, "b": 2}], x="a")
+
+
+def test_sweep_summary_from_the_real_summary_csv(tmp_path):
+    """summary.csv as the sweep summary writes it: overrides in one column, "best <monitor>", failed jobs."""
+    from ugmm.sweeps.summary import SweepSummary, write_job_metrics
+
+    for num, (width, loss, best) in enumerate([(8, "nll", 0.9), (16, "nll", 0.94), (8, "cross_entropy", 0.96)]):
+        write_job_metrics(
+            tmp_path / str(num),
+            {
+                "status": "ok",
+                "monitor": "val/acc",
+                "mode": "max",
+                "best": best,
+                "metrics": {"test/acc": best - 0.01},
+                "overrides": [f"model.width={width}", f"loss={loss}"],
+                "wall_time_s": 1.0,
+            },
+        )
+    write_job_metrics(
+        tmp_path / "3", {"status": "failed", "error": "boom", "overrides": ["model.width=32", "loss=nll"]}
+    )
+    csv_path, _ = SweepSummary.from_sweep_dir(tmp_path).write(tmp_path)
+    fig = plot_sweep_summary(csv_path, x="model.width", hue="loss")
+    by_label = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar containers
+    nll = by_label["loss=nll"]
+    assert list(nll.get_xdata()) == [8.0, 16.0] and list(nll.get_ydata()) == pytest.approx([0.9, 0.94])
+    assert fig.axes[0].get_ylabel() == "best val/acc"
+    assert "over 3 runs" in fig._suptitle.get_text()  # the failed job is left out
+    _save(fig, tmp_path, "sweep_real")
+    test_acc = plot_sweep_summary(csv_path, x="loss", y="test/acc")
+    assert [t.get_text() for t in test_acc.axes[0].get_xticklabels()] == ["cross_entropy", "nll"]

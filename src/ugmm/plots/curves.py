@@ -99,7 +99,30 @@ def _default_metric(columns: Sequence[str]) -> str:
     for name in ("best", "value", "objective", "metric"):
         if name in columns:
             return name
+    best = [c for c in columns if c.startswith("best ")]  # summary.csv: "best val/acc"
+    if best:
+        return best[0]
     raise ValueError(f"say which column to plot (y=...); columns: {', '.join(columns)}")
+
+
+def _expand_overrides(rows: list[dict]) -> list[dict]:
+    """Give every ``key=value`` of a row's ``overrides`` cell a column of its own (``+``/``~`` dropped).
+
+    The sweep summary CSV (:mod:`ugmm.sweeps.summary`) keeps a job's overrides in one column; a
+    column that already exists wins over an override of the same name.
+    """
+    out = []
+    for row in rows:
+        row = dict(row)
+        cell = row.get("overrides")
+        tokens = cell if isinstance(cell, list) else str(cell or "").split()
+        for token in tokens:
+            key, sep, value = str(token).partition("=")
+            key = key.lstrip("+~")
+            if sep and key not in row:
+                row[key] = value
+        out.append(row)
+    return out
 
 
 def plot_sweep_summary(
@@ -116,35 +139,38 @@ def plot_sweep_summary(
     categorical one; ``hue`` splits runs into coloured groups (e.g. ``loss``).
 
     Args:
-        source: path to the sweep's ``summary.csv``, a DataFrame, or a list of row dicts.
+        source: path to the sweep's ``summary.csv``, a DataFrame, or a list of row dicts. Keys of an
+            ``overrides`` column (``model.width=32 loss=nll``) count as columns; rows whose
+            ``status`` is not ``ok`` are skipped.
         x: column name(s) of the hyperparameters, e.g. ``"model.width"`` or ``["model.width", "loss"]``.
-        y: the metric column (default: ``best``/``value`` when present).
+        y: the metric column (default: ``best``/``value``, or the summary's ``best <monitor>``).
         hue: optional grouping column.
         title: figure title.
     """
-    rows = load_csv_rows(source)
+    rows = _expand_overrides(load_csv_rows(source))
     if not rows:
         raise ValueError("no rows to plot: the sweep summary is empty")
-    columns = list(rows[0].keys())
+    columns = list(dict.fromkeys(k for r in rows for k in r))
     xs = [x] if isinstance(x, str) else list(x)
     y = y or _default_metric(columns)
     for col in [*xs, y, *([hue] if hue else [])]:
         if col not in columns:
             raise ValueError(f"column {col!r} not in the sweep summary (columns: {', '.join(columns)})")
-    rows = [r for r in rows if _number(r[y]) is not None]  # failed runs have no metric
+    # failed runs have no metric (or say so in a status column)
+    rows = [r for r in rows if _number(r.get(y)) is not None and r.get("status", "ok") == "ok"]
     if not rows:
         raise ValueError(f"no run has a numeric {y!r}")
     fig, axes = new_figure(len(xs), ncols=min(3, len(xs)))
-    groups = sorted({str(r[hue]) for r in rows}) if hue else [None]
+    groups = sorted({str(r.get(hue, "")) for r in rows}) if hue else [None]
     for ax, col in zip(axes, xs):
-        numeric = all(_number(r[col]) is not None for r in rows)
-        levels = sorted({_number(r[col]) if numeric else str(r[col]) for r in rows})
+        numeric = all(_number(r.get(col)) is not None for r in rows)
+        levels = sorted({_number(r[col]) if numeric else str(r.get(col, "")) for r in rows})
         pos = {v: (v if numeric else i) for i, v in enumerate(levels)}
         for g in groups:
-            sub = [r for r in rows if hue is None or str(r[hue]) == g]
+            sub = [r for r in rows if hue is None or str(r.get(hue, "")) == g]
             by_level: dict = defaultdict(list)
             for r in sub:
-                by_level[_number(r[col]) if numeric else str(r[col])].append(_number(r[y]))
+                by_level[_number(r[col]) if numeric else str(r.get(col, ""))].append(_number(r[y]))
             present = [v for v in levels if v in by_level]
             means = [sum(by_level[v]) / len(by_level[v]) for v in present]
             stds = [_std(by_level[v]) for v in present]
