@@ -155,15 +155,20 @@ def test_ddp_cpu_single_run(tmp_path):
 
 
 def test_ddp_cpu_inside_multirun(tmp_path):
-    _train(tmp_path, "-m", *TINY, "logger=none", "trainer=ddp_cpu", "model.depth=1,2")
+    from ugmm.sweeps.wandb_records import read_offline_run
+
+    res = _train(tmp_path, "-m", *TINY, "logger=wandb", "trainer=ddp_cpu", "model.depth=1,2")
     assert sorted(p.name for p in (tmp_path / "logs" / "train").iterdir()) == ["multiruns"]  # no runs/ dirs
     sweep = _sweep_dir(tmp_path)  # and exactly one sweep: the children did not re-run it
     jobs = _jobs(sweep)
     assert sorted(jobs) == [0, 1]
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.csv", "summary.md"]
     for job in jobs.values():
-        assert (job / "train_rank1.log").is_file() and not (job / "wandb").exists()
+        assert (job / "train_rank1.log").is_file()
         assert json.loads((job / "metrics.json").read_text())["status"] == "ok"
+        run = read_offline_run(_only((job / "wandb").glob("offline-run-*")))  # one W&B run per job: rank 0's
+        assert run.exit_code == 0 and run.group == sweep.name
+    assert res.stdout.count("wandb: offline run; sync with:") == 2
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["ok", "ok"]
 
