@@ -100,7 +100,7 @@ def test_multirun_summary_with_failing_jobs(tmp_path):
 def test_wandb_offline_one_run_per_job_in_one_group(tmp_path):
     from ugmm.sweeps.wandb_records import read_offline_run
 
-    res = _train(tmp_path, "-m", *TINY, "logger=[csv,wandb]", "model.depth=1,2")
+    res = _train(tmp_path, "-m", *TINY, "logger=[csv,wandb]", "logger.wandb.log_model=true", "model.depth=1,2")
     sweep = _sweep_dir(tmp_path)
     runs = {}
     for num, job in _jobs(sweep).items():
@@ -120,6 +120,9 @@ def test_wandb_offline_one_run_per_job_in_one_group(tmp_path):
         logged = [h["val/acc"] for h in run.history if "val/acc" in h]
         assert logged and math.isclose(logged[-1], rec["metrics"]["val/acc"], rel_tol=1e-6)
         assert math.isclose(run.summary["best/val/acc"], rec["best"], rel_tol=1e-6)
+        (artifact,) = run.artifacts  # log_model: the best checkpoint, kept for `wandb sync`
+        assert artifact["type"] == "model" and "best" in artifact["aliases"]
+        assert artifact["files"] == [Path(rec["best_ckpt"]).name]
     assert runs[0][0].run_id != runs[1][0].run_id
 
 

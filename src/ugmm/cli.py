@@ -220,7 +220,9 @@ def train(cfg: DictConfig) -> float:
             extra["best checkpoint"] = summary["best_ckpt"]
         _print_summary(f"{cfg.task_name}: final metrics", metrics, out_dir, extra)
     # one W&B run per job: finish it here, with the final metrics as its summary
-    finish_wandb(loggers, summary={f"best/{monitor}": summary["best"], **summary["metrics"]})
+    finish_wandb(
+        loggers, summary={f"best/{monitor}": summary["best"], **summary["metrics"]}, best_ckpt=summary["best_ckpt"]
+    )
     return best
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class HydraWandbLogger(WandbLogger):
         save_dir: where the ``wandb/`` folder goes (the job's output dir in ``conf/logger/wandb.yaml``).
         offline: ``True``/``False``, or ``None`` for auto (offline when no credentials, see module doc).
         log_model: Lightning's option: ``True`` logs the checkpoints (best among them) as artifacts at
-            the end of training, ``"all"`` during training, ``False`` never. Ignored (with a warning)
-            offline, where artifacts cannot be uploaded.
+            the end of training, ``"all"`` during training, ``False`` never. Offline, any true value
+            logs the best checkpoint as an artifact when the job finishes (synced by ``wandb sync``).
         **kwargs: passed to :class:`WandbLogger` and on to ``wandb.init`` (``tags``, ``entity``, ``job_type``...).
     """
 
@@ -94,9 +94,10 @@ class HydraWandbLogger(WandbLogger):
         auto_group, auto_name = hydra_run_names()
         self.auto_offline = offline is None
         offline = wandb_should_be_offline() if offline is None else bool(offline)
-        if offline and log_model:
-            # Lightning refuses log_model with offline runs (artifacts need the server): keep training
-            rank_zero_warn("wandb is offline: log_model is ignored, checkpoints stay in the job's checkpoints/ dir")
+        # Lightning refuses log_model offline; offline, finish() logs the best checkpoint itself instead
+        # (wandb keeps offline artifacts for `wandb sync`)
+        self.log_best_offline = bool(offline and log_model)
+        if offline:
             log_model = False
         if offline and "settings" not in kwargs:
             import wandb
@@ -120,8 +121,12 @@ class HydraWandbLogger(WandbLogger):
         return bool(self._offline)
 
     @rank_zero_only
-    def finish(self, summary: dict[str, Any] | None = None, failed: bool = False) -> None:
-        """Write ``summary`` into the run's summary, finish the run, print the sync line when offline."""
+    def finish(self, summary: dict[str, Any] | None = None, failed: bool = False, best_ckpt: str | None = None) -> None:
+        """Write ``summary`` into the run's summary, finish the run, print the sync line when offline.
+
+        Offline with ``log_model``, the best checkpoint ``best_ckpt`` becomes a ``model`` artifact
+        (alias ``best``), uploaded by ``wandb sync``; online, Lightning logs the checkpoints itself.
+        """
         run = self._experiment
         if run is None:
             return
@@ -129,13 +134,21 @@ class HydraWandbLogger(WandbLogger):
             for key, value in summary.items():
                 if isinstance(value, int | float | str | bool) or value is None:
                     run.summary[key] = value
+        if self.log_best_offline and best_ckpt and Path(best_ckpt).is_file() and not failed:
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=dict(summary or {}))
+            artifact.add_file(str(best_ckpt), policy="immutable")  # immutable: no staging copy
+            run.log_artifact(artifact, aliases=["best", "latest"])
         sync_dir = Path(run.dir).parent  # run.dir is <sync dir>/files
         run.finish(exit_code=1 if failed else 0)
         if self.is_offline:
             print(f"wandb: offline run; sync with: wandb sync {sync_dir}", flush=True)
 
 
-def finish_wandb(loggers: Any, summary: dict[str, Any] | None = None, failed: bool = False) -> None:
+def finish_wandb(
+    loggers: Any, summary: dict[str, Any] | None = None, failed: bool = False, best_ckpt: str | None = None
+) -> None:
     """Finish the W&B run of every :class:`WandbLogger` in ``loggers`` (a logger, a list, or None).
 
     Called at the end of every job, also after a failure: wandb keeps one global run per process, so a
@@ -148,7 +161,7 @@ def finish_wandb(loggers: Any, summary: dict[str, Any] | None = None, failed: bo
         loggers = [loggers]
     for lg in loggers:
         if isinstance(lg, HydraWandbLogger):
-            lg.finish(summary, failed=failed)
+            lg.finish(summary, failed=failed, best_ckpt=best_ckpt)
         elif isinstance(lg, WandbLogger) and lg._experiment is not None and rank_zero_only.rank == 0:
             if summary:
                 lg._experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})

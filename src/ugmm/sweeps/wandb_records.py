@@ -54,7 +54,7 @@ def iter_record_bytes(path: str | os.PathLike):
 
 @dataclass
 class OfflineRun:
-    """What an offline run recorded: identity, nested config, history rows and final summary."""
+    """What an offline run recorded: identity, nested config, history rows, final summary, artifacts."""
 
     run_id: str = ""
     project: str = ""
@@ -63,6 +63,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
     exit_code: int | None = None
 
 
@@ -112,6 +113,10 @@ def _decode(path: Path) -> OfflineRun:
             run.history.append(_items(rec.history.item))
         elif kind == "summary":
             run.summary.update(_items(rec.summary.update))
+        elif kind == "artifact":
+            a = rec.artifact
+            files = [c.path for c in a.manifest.contents]
+            run.artifacts.append({"name": a.name, "type": a.type, "aliases": list(a.aliases), "files": files})
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     # wandb stores each top-level config key as {"value": ...}; unwrap to the user's nested dict
