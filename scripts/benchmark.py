@@ -1,0 +1,395 @@
+"""Benchmark the uGMM op's backends against each other and against the same-topology MLP.
+
+For every backend available on the device (``reference``, ``cpu`` on CPU; ``reference``, ``triton`` on
+CUDA) and for the MLP, at the paper's MNIST size (784-128-64-10, batch 256) and a larger one
+(784-512-256-10, batch 256), it measures
+
+- ``forward``: inference, ``net(x)`` in eval mode under ``torch.no_grad()``;
+- ``fwd_bwd``: training mode, zero_grad + cross-entropy forward + backward;
+- ``step``: one full training step: zero_grad + forward + backward + ``Adam.step()``;
+- ``peak_mb``: peak memory of the training step. CPU: the growth of the process's peak resident set
+  (``getrusage(RUSAGE_SELF).ru_maxrss``) over its resident set just before the first step, in a
+  fresh process that has only built the model and loaded the batches, so the high-water mark is the
+  step's. CUDA: ``torch.cuda.max_memory_allocated`` over the allocation before the first step.
+
+plus ``fwd_bwd`` of one ``uGMMLayer`` 784 -> 128 at batch 256 (the layer alone, per backend). The
+networks use the paper's component dropout 0.2 on the first layer (dropout 0.2 on the MLP's inputs).
+Times are medians over ``--repeats`` after warm-up, wall clock (``time.perf_counter``, CUDA
+synchronised). Every case runs in its own subprocess (``--case``), one after the other, so that one
+case's memory high-water mark and allocator caches never leak into another's; the ratios (speedup over
+the reference, multiple of the MLP, memory over the reference) come from one run of this script.
+
+Inputs are real MNIST batches (the first ``batch x 8`` training images, scaled to [0, 1]) when
+torchvision finds MNIST under ``$UGMM_DATA_DIR`` or ``../shared/data``; otherwise MNIST-like sparse
+inputs (81% exact zeros, the rest uniform in (0, 1]). The JSON says which.
+
+    python scripts/benchmark.py                        # full run on cuda if present, else cpu
+    python scripts/benchmark.py --device cpu --out benchmark_cpu.json
+    python scripts/benchmark.py --quick                # tiny sizes, seconds (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_ZERO_FRACTION = 0.81  # share of exactly-0 pixels in MNIST training images
+
+# name -> (n_inputs, hidden, n_outputs, batch)
+SIZES = {"mnist": (784, [128, 64], 10, 256), "large": (784, [512, 256], 10, 256)}
+QUICK_SIZES = {"quick": (784, [16, 8], 10, 32)}
+LAYER = (784, 128, 256)  # the single-layer baseline: n_in, n_out, batch
+QUICK_LAYER = (784, 16, 32)
+DROPOUT = 0.2
+# targets of the issue, checked at the MNIST size on CPU for the fused backend
+TARGETS = {"speedup_vs_reference_min": 60.0, "step_vs_mlp_max": 10.0, "memory_vs_reference_max": 0.25}
+
+
+# ---------------------------------------------------------------------------------------------
+# one case, in its own process
+# ---------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("UGMM_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def load_batches(n_inputs: int, batch: int, n_batches: int, n_classes: int, device):
+    """``n_batches`` (x, y) batches: real MNIST when available (and 784 inputs), else MNIST-like."""
+    import numpy as np
+    import torch
+
+    source = "synthetic MNIST-like sparse inputs (81% exact zeros)"
+    n = batch * n_batches
+    raw = _data_dir() / "MNIST" / "raw"
+    if n_inputs == 784 and (raw / "train-images-idx3-ubyte").exists():
+        # read only the bytes needed (idx format: 16-byte header, then 28x28 uint8 per image), so that
+        # loading leaves no memory high-water mark above the process's resident set
+        images = np.fromfile(raw / "train-images-idx3-ubyte", dtype=np.uint8, count=n * 784, offset=16)
+        labels = np.fromfile(raw / "train-labels-idx1-ubyte", dtype=np.uint8, count=n, offset=8)
+        x = torch.from_numpy(images.astype(np.float32).reshape(-1, 784) / 255.0)
+        y = torch.from_numpy(labels.astype(np.int64)) % n_classes
+        source = f"real MNIST training images from {raw}"
+        if len(x) < n:  # fewer images than asked: cycle them
+            reps = -(-n // len(x))
+            x, y = x.repeat(reps, 1)[:n], y.repeat(reps)[:n]
+    else:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(n, n_inputs, generator=gen)
+        x[torch.rand(n, n_inputs, generator=gen) < MNIST_ZERO_FRACTION] = 0.0
+        y = torch.randint(n_classes, (n,), generator=gen)
+    xs = [t.to(device) for t in x.split(batch)]
+    ys = [t.to(device) for t in y.split(batch)]
+    return list(zip(xs, ys)), source
+
+
+def run_case(spec: dict) -> dict:
+    """Time one (model, backend, size) case and measure the peak memory of its training step."""
+    import torch
+    from torch.nn import functional
+
+    from ugmm.nn import MLP, uGMMLayer, uGMMNet
+
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    n_in, hidden, n_out, batch = spec["n_inputs"], spec["hidden"], spec["n_outputs"], spec["batch"]
+    batches, source = load_batches(n_in, batch, 8, max(n_out, 2), device)
+    if spec["kind"] == "layer":
+        model = uGMMLayer(n_in, n_out, dropout=DROPOUT, backend=spec["backend"]).to(device)
+
+        def loss_fn(x, y):
+            return model(x).mean()
+    else:
+        if spec["backend"] == "mlp":
+            model = MLP(n_in, n_out, hidden=hidden, dropout=DROPOUT).to(device)
+        else:
+            model = uGMMNet(n_in, n_out, hidden=hidden, dropout=DROPOUT, backend=spec["backend"]).to(device)
+
+        def loss_fn(x, y):
+            return functional.cross_entropy(model(x), y)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    counter = {"i": 0}
+
+    def next_batch():
+        counter["i"] += 1
+        return batches[counter["i"] % len(batches)]
+
+    def step():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x, y).backward()
+        opt.step()
+
+    def fwd_bwd():
+        x, y = next_batch()
+        model.zero_grad(set_to_none=True)
+        loss_fn(x, y).backward()
+
+    def forward():
+        x, _ = next_batch()
+        with torch.no_grad():
+            model(x)
+
+    def timed(fn, train: bool) -> dict:
+        model.train(train)
+        for _ in range(spec["warmup"]):
+            fn()
+        sync()
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "n": len(times)}
+
+    # memory first, while the process's high-water mark is still the setup's
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        rss0, maxrss0 = _rss_mb(), _maxrss_mb()
+    load0 = os.getloadavg()[0]
+    result = {"step": timed(step, True)}
+    if device.type == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        memory = {"peak_mb": peak_mb, "method": "torch.cuda.max_memory_allocated growth"}
+    else:
+        maxrss1 = _maxrss_mb()
+        memory = {
+            "peak_mb": maxrss1 - rss0,
+            "method": "ru_maxrss growth over the RSS before the first step (fresh process)",
+            # the step never exceeded the setup's own high-water mark: then peak_mb is an upper bound
+            "upper_bound": maxrss1 <= maxrss0,
+        }
+    if spec["kind"] != "layer":
+        result["fwd_bwd"] = timed(fwd_bwd, True)
+        result["forward"] = timed(forward, False)
+    else:
+        result = {"fwd_bwd": timed(fwd_bwd, True), "forward": timed(forward, False), "step": result["step"]}
+    return {
+        **spec,
+        "times": result,
+        "memory": memory,
+        "data": source,
+        "threads": torch.get_num_threads(),
+        "loadavg_1min": [load0, os.getloadavg()[0]],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------
+def hardware(device: str) -> dict:
+    import torch
+
+    info = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        info["cpu_model"] = next(
+            (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?"
+        )
+    except (OSError, subprocess.SubprocessError):
+        info["cpu_model"] = platform.processor() or "?"
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def backends_for(device: str) -> list[str]:
+    from ugmm.ops import available_backends
+
+    names = list(reversed(available_backends(device)))  # reference first, then the fused ones
+    return names if "reference" in names else ["reference", *names]
+
+
+def plan(args) -> list[dict]:
+    sizes = QUICK_SIZES if args.quick else {k: SIZES[k] for k in args.sizes}
+    common = {"device": args.device, "warmup": args.warmup, "repeats": args.repeats}
+    cases = []
+    layer = QUICK_LAYER if args.quick else LAYER
+    for backend in args.backends:
+        if backend != "mlp":
+            n_in, n_out, batch = layer
+            name = f"layer {n_in}->{n_out}"
+            cases.append({"kind": "layer", "size": name, "backend": backend, "n_inputs": n_in, "hidden": [],
+                          "n_outputs": n_out, "batch": batch, **common})  # fmt: skip
+    for size, (n_in, hidden, n_out, batch) in sizes.items():
+        for backend in [*args.backends, "mlp"]:
+            cases.append({"kind": "network", "size": size, "backend": backend, "n_inputs": n_in, "hidden": hidden,
+                          "n_outputs": n_out, "batch": batch, **common})  # fmt: skip
+    for case in cases:
+        if case["backend"] == "reference" and not args.quick:
+            case["repeats"] = min(case["repeats"], args.reference_repeats)
+            case["warmup"] = min(case["warmup"], 1)
+    return cases
+
+
+def run_in_subprocess(case: dict, timeout: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {case['size']}/{case['backend']} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def ratios(results: list[dict]) -> dict:
+    """Per size and backend: speedup over the reference, multiple of the MLP, memory over the reference."""
+    out: dict = {}
+    by_size: dict = {}
+    for r in results:
+        by_size.setdefault(r["size"], {})[r["backend"]] = r
+    for size, rows in by_size.items():
+        ref, mlp = rows.get("reference"), rows.get("mlp")
+        for backend, r in rows.items():
+            if backend in ("reference", "mlp"):
+                continue
+            entry = {}
+            for what in ("forward", "fwd_bwd", "step"):
+                t = r["times"][what]["median_ms"]
+                if ref:
+                    entry[f"{what}_speedup_vs_reference"] = ref["times"][what]["median_ms"] / t
+                if mlp:
+                    entry[f"{what}_vs_mlp"] = t / mlp["times"][what]["median_ms"]
+            if ref and ref["memory"]["peak_mb"] > 0:
+                entry["memory_vs_reference"] = r["memory"]["peak_mb"] / ref["memory"]["peak_mb"]
+            out.setdefault(size, {})[backend] = entry
+    return out
+
+
+def check_targets(ratio: dict, device: str) -> dict:
+    """The issue's targets, for the fused CPU backend at the MNIST size."""
+    entry = ratio.get("mnist", {}).get("cpu")
+    if device != "cpu" or entry is None:
+        return {}
+    checks = {
+        "step_speedup_vs_reference >= 60": entry.get("step_speedup_vs_reference", 0)
+        >= TARGETS["speedup_vs_reference_min"],
+        "step_vs_mlp <= 10": entry.get("step_vs_mlp", float("inf")) <= TARGETS["step_vs_mlp_max"],
+        "memory_vs_reference <= 1/4": entry.get("memory_vs_reference", float("inf"))
+        <= TARGETS["memory_vs_reference_max"],
+    }
+    return {"cpu@mnist": checks}
+
+
+def print_report(results, ratio, targets, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="uGMM benchmark (median ms; peak MB of a training step)")
+    for col in ("size", "model", "forward", "fwd+bwd", "step", "peak MB"):
+        table.add_column(col, justify="right" if col not in ("size", "model") else "left")
+    for r in results:
+        t = r["times"]
+        model = "MLP" if r["backend"] == "mlp" else f"uGMM {r['backend']}"
+        bound = "<=" if r["memory"].get("upper_bound") else ""
+        table.add_row(
+            r["size"] if r["kind"] == "network" else f"{r['size']} B={r['batch']}",
+            model,
+            f"{t['forward']['median_ms']:.2f}",
+            f"{t['fwd_bwd']['median_ms']:.2f}",
+            f"{t['step']['median_ms']:.2f}",
+            f"{bound}{r['memory']['peak_mb']:.1f}",
+        )
+    console.print(table)
+    for size, rows in ratio.items():
+        for backend, entry in rows.items():
+            parts = ", ".join(f"{k} {v:.3g}" for k, v in entry.items())
+            console.print(f"[bold]{size} {backend}[/bold]: {parts}")
+    for name, checks in targets.items():
+        for what, ok in checks.items():
+            console.print(f"target {name}: {what}: {'[green]met[/green]' if ok else '[red]missed[/red]'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (seconds)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--backends", nargs="+", default=None, help="uGMM backends (default: all available)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--reference-repeats", type=int, default=5, help="repeats for the slow reference")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    parser.add_argument("--out", default=None, help="JSON path (default $OUT/benchmark.json or ./benchmark.json)")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case
+    args = parser.parse_args(argv)
+
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+
+    import torch
+    from rich.console import Console
+
+    console = Console()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.repeats = args.repeats or (3 if args.quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    args.backends = args.backends or backends_for(args.device)
+    out = Path(args.out or (Path(os.environ["OUT"]) / "benchmark.json" if os.environ.get("OUT") else "benchmark.json"))
+
+    cases = plan(args)
+    info = hardware(args.device)
+    console.print(
+        f"[bold]uGMM benchmark[/bold] on {args.device} ({info.get('gpu', info['cpu_model'])}, {info['cpus']} CPUs), "
+        f"backends {', '.join(args.backends)}, {len(cases)} cases"
+    )
+    results = []
+    for i, case in enumerate(cases, 1):
+        t0 = time.perf_counter()
+        with console.status(f"[{i}/{len(cases)}] {case['size']} {case['backend']}"):
+            r = run_in_subprocess(case, args.timeout)
+        results.append(r)
+        console.print(
+            f"[{i}/{len(cases)}] {case['size']:>14} {case['backend']:>9}:"
+            f" step {r['times']['step']['median_ms']:9.2f} ms, peak {r['memory']['peak_mb']:8.1f} MB"
+            f" ({time.perf_counter() - t0:.0f} s)"
+        )
+    ratio = ratios(results)
+    targets = check_targets(ratio, args.device)
+    print_report(results, ratio, targets, console)
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
+        "device": args.device,
+        "hardware": info,
+        "data": results[0]["data"] if results else None,
+        "quick": args.quick,
+        "results": results,
+        "ratios": ratio,
+        "targets": targets,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

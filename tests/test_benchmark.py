@@ -1,0 +1,40 @@
+"""scripts/benchmark.py --quick runs end to end and writes a complete, positive JSON report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["quick"] is True
+    assert report["hardware"]["cpus"] >= 1 and report["data"]
+    backends = {r["backend"] for r in report["results"]}
+    assert {"reference", "mlp"} <= backends
+    for r in report["results"]:
+        assert r["memory"]["peak_mb"] >= 0 and r["memory"]["method"]
+        for what in ("forward", "fwd_bwd", "step"):
+            t = r["times"][what]
+            assert t["median_ms"] > 0 and t["min_ms"] > 0 and t["n"] == 3
+    sizes = {r["size"] for r in report["results"] if r["kind"] == "network"}
+    assert sizes == {"quick"}
+    assert any(r["kind"] == "layer" for r in report["results"])
+    # every fused backend gets ratios against the reference and the MLP
+    for backend in backends - {"reference", "mlp"}:
+        entry = report["ratios"]["quick"][backend]
+        for key in ("step_speedup_vs_reference", "step_vs_mlp", "fwd_bwd_speedup_vs_reference"):
+            assert entry[key] > 0
+        assert entry.get("memory_vs_reference", 1.0) > 0  # absent only if the reference's growth was 0
+    assert "uGMM benchmark" in proc.stdout and "wrote" in proc.stdout
