@@ -125,3 +125,21 @@ def test_wandb_offline_run_records_nested_config_metrics_and_summary(tmp_path, m
     assert run.config["model"] == {"width": 4, "depth": 1} and run.config["optim"] == {"lr": 0.01}
     assert [h["val/acc"] for h in run.history if "val/acc" in h] == [0.25, 0.75]
     assert run.summary["best/val/acc"] == 0.75
+
+
+def test_ddp_trainer_configs_compose():
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from ugmm.sweeps.ddp import HydraDDPStrategy, _config_args
+
+    with initialize_config_module("ugmm.conf", version_base="1.3"):
+        gpu = compose("train", overrides=["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+        cpu = compose("train", overrides=["trainer=ddp_cpu"])
+    assert (gpu.trainer.accelerator, gpu.trainer.devices, gpu.trainer.num_nodes) == ("gpu", 4, 2)
+    assert gpu.trainer.sync_batchnorm is False
+    strategy = instantiate(cpu.trainer.strategy)
+    assert isinstance(strategy, HydraDDPStrategy) and strategy.entry_point == "ugmm.cli:train_main"
+    assert strategy._process_group_backend == "gloo" and cpu.trainer.devices == 2
+    argv = ["-m", "--config-dir", "/x", "-cn=exp", "model.width=4,8", "--config-path", "/c"]
+    assert _config_args(argv) == ["--config-dir", "/x", "-cn=exp", "--config-path", "/c"]
