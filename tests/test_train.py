@@ -1,0 +1,119 @@
+"""Training in-process: fast_dev_run of every experiment, train -> eval, resume from last, seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ugmm.cli import evaluate, find_last_checkpoint, train
+from ugmm.config import ConfigError, group_options
+from ugmm.modules import Classifier, DensityModel
+from ugmm_helpers import make_cfg, write_fake_mnist
+
+# small and fast: tiny networks, Iris, no progress bars or summaries
+QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory) -> Path:
+    return write_fake_mnist(tmp_path_factory.mktemp("mnist"), n_train=300, n_test=60)
+
+
+def _mnist_small(root: Path) -> list[str]:
+    return [f"data.data_dir={root}", "data.download=false", "data.val_size=60", "data.eval_batch_size=64"]
+
+
+def _run(tmp_path: Path, overrides: list[str]) -> tuple[float, dict]:
+    cfg = make_cfg([f"paths.log_dir={tmp_path / 'logs'}", *QUIET, *overrides])
+    best = train(cfg)
+    return best, json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_fast_dev_run_of_every_experiment(tmp_path, fake_mnist, experiment):
+    overrides = [f"experiment={experiment}", "debug=fdr", "model.width=8"]
+    if make_cfg(overrides).data.name == "MNIST":
+        overrides += _mnist_small(fake_mnist)
+    best, record = _run(tmp_path, overrides)
+    assert record["status"] == "ok" and record["monitor"] == "val/acc" and record["mode"] == "max"
+    assert 0.0 <= best <= 1.0 and record["best"] == pytest.approx(best)
+    assert {"val/acc", "test/acc"} <= set(record["metrics"])
+    assert record["best_ckpt"] is None  # fast_dev_run writes no checkpoint
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "nll"])
+@pytest.mark.parametrize("data", ["mnist", "iris"])
+def test_both_losses_on_both_data_sets(tmp_path, fake_mnist, loss, data):
+    overrides = [f"data={data}", f"loss={loss}", "model.width=6", "trainer.max_epochs=1", "logger=none"]
+    if data == "mnist":
+        overrides += [*_mnist_small(fake_mnist), "data.batch_size=64"]
+    _, record = _run(tmp_path, overrides)
+    keys = {"val/acc", "val/ece", "test/acc", "test/ece", "val/acc_best"}
+    keys |= {"val/loss", "test/loss"} if loss == "cross_entropy" else {"val/nll", "val/loglik", "test/loglik"}
+    assert keys <= set(record["metrics"]), record["metrics"]
+    assert Path(record["best_ckpt"]).is_file()
+
+
+def test_train_then_eval_gives_the_same_test_metric(tmp_path):
+    best, record = _run(tmp_path, ["data=iris", "loss=nll", "model.width=6", "trainer.max_epochs=3"])
+    ckpt = record["best_ckpt"]
+    # the checkpoint loads with torch's default weights_only=True: no objects in it
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["loss"] == "nll" and hparams["data"]["name"] == "iris"
+    ecfg = make_cfg([f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET[2:]], config_name="eval")
+    metrics = evaluate(ecfg)
+    for key in ("test/acc", "test/nll", "test/ece"):
+        assert metrics[key] == pytest.approx(record["metrics"][key], abs=1e-6), key
+    assert json.loads((Path(ecfg.paths.output_dir) / "metrics.json").read_text())["metrics"]["test/acc"] == (
+        pytest.approx(metrics["test/acc"])
+    )
+    model = DensityModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert model.net.sizes == [5, 6, 3, 1]
+
+
+def test_resume_from_last(tmp_path):
+    common = ["data=iris", "model=mlp", "model.width=8", "task_name=resume_test"]
+    _, first = _run(tmp_path, [*common, "trainer.max_epochs=2"])
+    last = find_last_checkpoint(tmp_path / "logs", "resume_test")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1
+    steps_per_epoch = state["global_step"] // 2
+    cfg = make_cfg([f"paths.log_dir={tmp_path / 'logs'}", *QUIET, *common, "trainer.max_epochs=4", "ckpt_path=last"])
+    train(cfg)
+    resumed = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    # it continued from epoch 2 of the earlier run instead of starting over
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * steps_per_epoch
+    logged = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
+    epochs = {row.split(",")[0] for row in logged[1:]} if logged else set()
+    assert "0" not in epochs
+
+
+def test_ckpt_last_without_runs_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path=last: no earlier run of task nothing_yet"):
+        _run(tmp_path, ["data=iris", "task_name=nothing_yet", "ckpt_path=last"])
+
+
+def test_same_seed_same_metrics(tmp_path):
+    overrides = ["data=iris", "model.width=6", "model.dropout=0.3", "trainer.max_epochs=2", "logger=none", "seed=0"]
+    _, a = _run(tmp_path, overrides)
+    _, b = _run(tmp_path, overrides)
+    assert a["metrics"] == b["metrics"]
+    _, c = _run(tmp_path, [*overrides[:-1], "seed=1"])
+    assert c["metrics"] != a["metrics"]
+
+
+@pytest.mark.parametrize("debug", ["overfit", "limit", "profiler"])
+def test_debug_options_run(tmp_path, debug):
+    _, record = _run(tmp_path, ["data=iris", f"debug={debug}", "model.width=4", "trainer.max_epochs=2"])
+    assert record["status"] == "ok"
+
+
+def test_classifier_hparams_are_plain():
+    cfg = make_cfg(["data=iris"])
+    module = Classifier(4, 3, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, data=cfg.data)
+    assert type(module.hparams["model"]) is dict and type(module.hparams["scheduler"]["milestones"]) is list
