@@ -59,8 +59,8 @@ def plot_neuron_densities(
         neurons: neuron indices to draw.
         top_k: components drawn individually (largest mixing weight first); the mixture curve
             always sums all of them.
-        x_range: shared x-axis limits; by default each panel spans mu +- 3.5 sigma of its drawn
-            components.
+        x_range: shared x-axis limits; by default each panel spans mu +- 3.5 sigma of the
+            components holding 99% of the neuron's weight.
         n_points: grid resolution.
         log_scale: log density axis (reveals light components next to a spike).
         title: figure title.
@@ -81,8 +81,12 @@ def plot_neuron_densities(
         k = min(int(top_k), means.shape[1])
         top = torch.argsort(log_w[j], descending=True)[: max(k, 1)]
         if x_range is None:
-            lo = (means[j, top] - 3.5 * stds[j, top]).min().item()
-            hi = (means[j, top] + 3.5 * stds[j, top]).max().item()
+            # span the components that carry 99% of the neuron's weight, each over mu +- 3.5 sigma
+            order = torch.argsort(log_w[j], descending=True)
+            mass = log_w[j, order].exp().cumsum(0)
+            heavy = order[: int((mass < 0.99).sum().item()) + 1]
+            lo = (means[j, heavy] - 3.5 * stds[j, heavy]).min().item()
+            hi = (means[j, heavy] + 3.5 * stds[j, heavy]).max().item()
         else:
             lo, hi = x_range
         grid = torch.linspace(lo, hi, n_points, dtype=torch.float64)
