@@ -7,6 +7,8 @@ CUDA) and for the MLP, at the paper's MNIST size (784-128-64-10, batch 256) and 
 - ``forward``: inference, ``net(x)`` in eval mode under ``torch.no_grad()``;
 - ``fwd_bwd``: training mode, zero_grad + cross-entropy forward + backward;
 - ``step``: one full training step: zero_grad + forward + backward + ``Adam.step()``;
+- ``cpu_median_ms`` (JSON): the same medians in CPU time of the process (all threads), a check on the
+  wall-clock numbers when other work competes for the cores;
 - ``peak_mb``: peak memory of the training step. CPU: the growth of the process's peak resident set
   (``getrusage(RUSAGE_SELF).ru_maxrss``) over its resident set just before the first step, in a
   fresh process that has only built the model and loaded the batches, so the high-water mark is the
@@ -25,6 +27,7 @@ inputs (81% exact zeros, the rest uniform in (0, 1]). The JSON says which.
 
     python scripts/benchmark.py                        # full run on cuda if present, else cpu
     python scripts/benchmark.py --device cpu --out benchmark_cpu.json
+    python scripts/benchmark.py --device cpu --threads 1     # one torch thread per case
     python scripts/benchmark.py --quick                # tiny sizes, seconds (used by the tests)
 """
 
@@ -108,6 +111,8 @@ def run_case(spec: dict) -> dict:
     from ugmm.nn import MLP, uGMMLayer, uGMMNet
 
     device = torch.device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     n_in, hidden, n_out, batch = spec["n_inputs"], spec["hidden"], spec["n_outputs"], spec["batch"]
     batches, source = load_batches(n_in, batch, 8, max(n_out, 2), device)
@@ -154,13 +159,19 @@ def run_case(spec: dict) -> dict:
         for _ in range(spec["warmup"]):
             fn()
         sync()
-        times = []
+        times, cpu_times = [], []
         for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             sync()
             times.append(time.perf_counter() - t0)
-        return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "n": len(times)}
+            cpu_times.append(time.process_time() - c0)
+        return {
+            "median_ms": 1e3 * statistics.median(times),
+            "min_ms": 1e3 * min(times),
+            "cpu_median_ms": 1e3 * statistics.median(cpu_times),  # CPU time of all threads of the process
+            "n": len(times),
+        }
 
     # memory first, while the process's high-water mark is still the setup's
     if device.type == "cuda":
@@ -225,7 +236,7 @@ def backends_for(device: str) -> list[str]:
 
 def plan(args) -> list[dict]:
     sizes = QUICK_SIZES if args.quick else {k: SIZES[k] for k in args.sizes}
-    common = {"device": args.device, "warmup": args.warmup, "repeats": args.repeats}
+    common = {"device": args.device, "warmup": args.warmup, "repeats": args.repeats, "threads": args.threads}
     cases = []
     layer = QUICK_LAYER if args.quick else LAYER
     for backend in args.backends:
@@ -336,6 +347,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
     parser.add_argument("--reference-repeats", type=int, default=5, help="repeats for the slow reference")
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/benchmark.json or ./benchmark.json)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case
@@ -367,6 +379,11 @@ def main(argv=None) -> int:
         with console.status(f"[{i}/{len(cases)}] {case['size']} {case['backend']}"):
             r = run_in_subprocess(case, args.timeout)
         results.append(r)
+        if max(r["loadavg_1min"]) > (info["cpus"] or 1) + 0.5:
+            console.print(
+                f"[yellow]load average {max(r['loadavg_1min']):.1f} on {info['cpus']} CPUs:"
+                " other work competes[/yellow]"
+            )
         console.print(
             f"[{i}/{len(cases)}] {case['size']:>14} {case['backend']:>9}:"
             f" step {r['times']['step']['median_ms']:9.2f} ms, peak {r['memory']['peak_mb']:8.1f} MB"
@@ -376,6 +393,7 @@ def main(argv=None) -> int:
     targets = check_targets(ratio, args.device)
     print_report(results, ratio, targets, console)
     report = {
+        "threads": results[0]["threads"] if results else None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
         "device": args.device,
         "hardware": info,

@@ -13,11 +13,14 @@
 // accumulated in per-thread buffers) or the rows b (dx owned, parameter gradients in per-thread buffers),
 // whichever needs the smaller buffer; buffers are summed in a fixed order, so results are deterministic.
 //
-// Sparse-constant inputs (MNIST: ~80% of pixels are exactly 0): with a per-neuron shift m[j] = max_k c[j,k]
-// (q <= c, so exp(q - m) <= 1 never overflows) every zero input contributes the per-(j,k) constant
-// E[j,k] = exp(q(0; j,k) - m[j]); their sum over k is a matmul Z @ E^T with Z = [x == 0]. Only nonzero inputs
-// need per-term exponentials, and the backward's zero-input terms are matmuls too. Rows whose shifted sum
-// underflows (true max far below m[j]) are recomputed exactly by the dense path.
+// Zero inputs (MNIST: ~80% of pixels are exactly 0), used when at least half of x is 0: with a per-neuron
+// shift m[j] = max_k c[j,k] (q <= c, so exp(q - m) <= 1 never overflows) every zero input contributes the
+// per-(j,k) constant E[j,k] = exp(q(0; j,k) - m[j]); their sum over k is a matmul Z @ E^T with Z = [x == 0].
+// Only nonzero inputs need per-term exponentials (vectorised over neurons j, parameters transposed to
+// (n_in, n_out)). In the backward, with h = g exp(m - y), the zero inputs' terms are matmuls as well
+// (h^T Z for the parameters, h E' for dx), and the nonzero inputs are swept column by column, parallel over
+// inputs k, so every thread owns its dx[:, k] and its parameter-gradient columns: no races, no buffers.
+// Rows whose shifted sum underflows (true max far below m[j]) are recomputed exactly by the dense path.
 
 #include <torch/extension.h>
 
