@@ -134,9 +134,11 @@ def test_missing_mnist_offline_says_where_to_put_files(tmp_path):
 def test_failed_download_says_where_to_put_files(tmp_path, monkeypatch):
     # a mirror nobody listens on stands for a machine without internet, whatever CI has
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    target = tmp_path / "new"
     with pytest.raises(ConfigError, match="download failed") as info:
-        validate_train_config(make_cfg([f"data.data_dir={tmp_path}", "data.download=true"]))
+        validate_train_config(make_cfg([f"data.data_dir={target}", "data.download=true"]))
     assert "\n" not in str(info.value) and "UGMM_DATA_DIR" in str(info.value)
+    assert not target.exists()  # the failed download leaves no empty folders behind
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -44,19 +45,24 @@ def ensure_downloaded(data_dir: str | Path, name: str, download: bool) -> None:
     missing = missing_files(data_dir, name)
     if not missing:
         return
-    raw = Path(data_dir) / name / "raw"
+    data_dir = Path(data_dir).resolve()
+    raw = data_dir / name / "raw"
     where = (
         f"put {', '.join(raw_files(name))} in {raw} "
         f"(or point data.data_dir or ${DATA_DIR_ENV} at the folder that holds {name}/raw)"
     )
     if not download:
         raise DataError(f"{name} not found under {Path(data_dir)} and data.download=false: {where}")
+    # the first folder this download creates: removed again if it fails, so nothing half-written stays
+    created = next((p for p in (data_dir, data_dir / name, raw) if not p.exists()), None)
     try:
         # torchvision prints every mirror it tries; keep the one-line contract
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             getattr(torchvision.datasets, name)(str(data_dir), train=True, download=True)
             getattr(torchvision.datasets, name)(str(data_dir), train=False, download=True)
     except Exception as err:  # network errors come in many types (URLError, RuntimeError, OSError)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
             f"{name} not found under {Path(data_dir)} and the download failed ({reason}): {where}"
