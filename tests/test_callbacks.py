@@ -59,3 +59,15 @@ def test_plots_callback_on_iris(tmp_path, experiment):
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert {f"plots/{n[:-4]}" for n in names} <= set(events.Tags()["images"])
+
+
+def test_plots_reach_an_offline_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = _compose(tmp_path, "experiment=paper_iris", "logger=[csv,wandb]", "trainer.max_epochs=1", "test=false")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    # wandb stores each image as media/images/<key>_<step>_<hash>.png
+    media = sorted(p.name.rsplit("_", 2)[0] for p in out.rglob("media/images/plots/*.png"))
+    assert media == ["val_confusion", "val_curves", "val_neurons", "val_reliability"]
