@@ -233,3 +233,12 @@ def test_fallback_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "no C++ compiler" in out.stdout and "reference backend" in out.stdout
+
+
+def test_build_failure_cause_is_the_compiler_error_line():
+    err = RuntimeError(
+        "Error building extension 'ugmm_cpu_x': [1/2] c++ -MMD -O3 -march=native -c ugmm_cpu.cpp\n"
+        "ugmm_cpu.cpp:3:1: error: expected ';' before '}' token\nninja: build stopped: subcommand failed."
+    )
+    assert cpu._cause(err) == "ugmm_cpu.cpp:3:1: error: expected ';' before '}' token"
+    assert cpu._cause(RuntimeError("x" * 500)).endswith("...") and len(cpu._cause(RuntimeError("x" * 500))) == 240

@@ -35,7 +35,10 @@ from torch.autograd.function import once_differentiable
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
+# -fopenmp: at::parallel_for's OpenMP regions are compiled into this module; -march=native: the vector width
+# of this CPU (a second, portable build is tried if the compiler rejects it)
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+_PORTABLE_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _LDFLAGS = ["-fopenmp"]
 
 #: Use the zero-input path when at least half of the inputs are exactly 0 (MNIST pixels: ~80%):
@@ -61,12 +64,12 @@ def _cpu_signature() -> str:
     return "\n".join(fields)
 
 
-def extension_name() -> str:
+def extension_name(cflags: list[str] = _CFLAGS) -> str:
     """Name of the compiled module: a hash of source, flags, CPU and torch version."""
     digest = hashlib.sha256()
     for part in (
         _SOURCE.read_bytes(),
-        " ".join(_CFLAGS).encode(),
+        " ".join(cflags).encode(),
         _cpu_signature().encode(),
         torch.__version__.encode(),
     ):
@@ -90,9 +93,19 @@ def _build():
         logger.setLevel(level)
 
     cpp_extension.verify_ninja_availability()  # raises "Ninja is required to load C++ extensions"
+    errors = []
+    for cflags in (_CFLAGS, _PORTABLE_CFLAGS):
+        try:
+            return _load(cpp_extension, cflags)
+        except Exception as err:  # noqa: BLE001 - a compiler error: try the portable flags, then give up
+            errors.append(err)
+    raise errors[0]
+
+
+def _load(cpp_extension, cflags: list[str]):
     kwargs = {}
     ext_dir = os.environ.get("UGMM_EXTENSIONS_DIR")
-    name = extension_name()
+    name = extension_name(cflags)
     if ext_dir:
         build_dir = Path(ext_dir).expanduser() / name
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -100,11 +113,19 @@ def _build():
     return cpp_extension.load(
         name=name,
         sources=[str(_SOURCE)],
-        extra_cflags=_CFLAGS,
+        extra_cflags=cflags,
         extra_ldflags=_LDFLAGS,
         verbose=False,
         **kwargs,
     )
+
+
+def _cause(err: Exception) -> str:
+    """One line saying why the build failed: the compiler's first error line when there is one."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith("Error building extension")]
+    cause = (errors or lines or [type(err).__name__])[0]
+    return cause if len(cause) <= 240 else cause[:237] + "..."
 
 
 @cache
@@ -113,9 +134,8 @@ def _extension():
     try:
         return _build()
     except Exception as err:  # noqa: BLE001 - any build failure means: use the reference backend
-        cause = " ".join(str(err).split())[:300] or type(err).__name__
         warnings.warn(
-            f"ugmm: the fused CPU kernel could not be built ({cause}); using the reference backend instead",
+            f"ugmm: the fused CPU kernel could not be built ({_cause(err)}); using the reference backend instead",
             RuntimeWarning,
             stacklevel=3,
         )
