@@ -242,3 +242,23 @@ def test_build_failure_cause_is_the_compiler_error_line():
     )
     assert cpu._cause(err) == "ugmm_cpu.cpp:3:1: error: expected ';' before '}' token"
     assert cpu._cause(RuntimeError("x" * 500)).endswith("...") and len(cpu._cause(RuntimeError("x" * 500))) == 240
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.8])
+def test_nan_inputs_propagate(zeros):
+    """A NaN input must show in the output, as with the reference, never be silently dropped."""
+    x, means, stds, log_weights = make_case(4, 3, 40, zeros=zeros, seed=12)
+    x[1, 5] = float("nan")
+    y = cpu.mixture_loglik(x, means, stds, log_weights)
+    y_ref = mixture_loglik_reference(x, means, stds, log_weights)
+    assert torch.isnan(y[1]).all() and torch.isnan(y_ref[1]).all()
+    torch.testing.assert_close(y[[0, 2, 3]], y_ref[[0, 2, 3]], rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch():
+    x, means, stds, log_weights = make_case(0, 3, 5)
+    leaves = [t.requires_grad_() for t in (x, means, stds, log_weights)]
+    y = cpu.mixture_loglik(*leaves)
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert all((leaf.grad == 0).all() for leaf in leaves[1:])

@@ -35,10 +35,10 @@
 namespace {
 
 // exp for float, branch-free so that loops calling it vectorise: Cephes' expf polynomial (about 1 ulp)
-// after the range reduction x = n ln2 + r, |r| <= ln2 / 2. Exactly 0 below -87.3 (and for -inf).
+// after the range reduction x = n ln2 + r, |r| <= ln2 / 2. Exactly 0 below -87.3 (and for -inf), NaN for NaN.
 inline __attribute__((always_inline)) float vexp(float x) {
   const float lo = -87.33654f, hi = 88.0f;  // e^lo: the least normal float
-  const bool under = !(x >= lo);  // -inf (a dropped component) and NaN give 0
+  const bool under = x < lo;  // -inf (a dropped component) gives 0; NaN stays NaN (it flows through p)
   float xc = x < lo ? lo : (x > hi ? hi : x);
   // round-to-nearest of x / ln2 via the 1.5 * 2^23 trick (exact for |v| < 2^22)
   const float magic = 12582912.0f;
