@@ -21,8 +21,8 @@ def test_mnist_family_from_idx_files(tmp_path, name):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert (dm.n_features, dm.n_classes, dm.feature_shape) == (784, 10, (1, 28, 28))
-    # the stored images stay uint8; normalisation happens per batch
-    assert dm.splits["train"].x.dtype == torch.uint8
+    # scaled once at setup, so a batch is a plain gather
+    assert dm.splits["train"].x.dtype == torch.float32 and dm.splits["train"].transform is None
 
 
 def test_mnist_normalisation_and_seeded_split(tmp_path):
@@ -37,7 +37,7 @@ def test_mnist_normalisation_and_seeded_split(tmp_path):
     torch.testing.assert_close(xn, (x - 0.1307) / 0.3081)
     # the same split seed holds out the same images; another seed, others
     assert torch.equal(raw.splits["val"].y, norm.splits["val"].y)
-    assert torch.equal(raw.splits["val"].x, norm.splits["val"].x)
+    torch.testing.assert_close(norm.splits["val"].x, (raw.splits["val"].x - 0.1307) / 0.3081)
     other = MNISTDataModule(data_dir=str(tmp_path), download=False, val_size=40, split_seed=4)
     other.setup()
     assert not torch.equal(other.splits["val"].x, raw.splits["val"].x)
