@@ -133,11 +133,12 @@ void backward_block(const T* __restrict g, const T* __restrict x, const T* __res
       for (int64_t k = 0; k < n_in; ++k) {
         T z = (xb[k] - muj[k]) * isj[k];
         T G = gg * vexp(cj[k] - T(0.5) * z * z - yy);
-        T Gzs = G * z * isj[k];
+        T Gs = G * isj[k];  // G / sigma
+        T Gzs = Gs * z;
         if (NEED_X) dxb[k] -= Gzs;
         if (NEED_P) {
           dmuj[k] += Gzs;
-          dsigj[k] += G * (z * z - T(1)) * isj[k];
+          dsigj[k] += Gzs * z - Gs;  // G (z^2 - 1) / sigma
           dlwj[k] += G;
         }
       }
@@ -284,7 +285,8 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
   ZeroTables tab = zero_tables<T>(mu, is, c, false);
   at::Tensor S0 = at::mm(x.eq(0).to(x.scalar_type()), tab.E.t());  // (B, n_out)
-  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = c.t().contiguous();
+  // c shifted by m[j] once, transposed: one subtraction less per term
+  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = (c - tab.m.unsqueeze(1)).t().contiguous();
   const T *px = x.data_ptr<T>(), *pS0 = S0.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
   const T *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
   const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
@@ -305,7 +307,7 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
 #pragma omp simd
         for (int64_t j = 0; j < n_out; ++j) {
           T z = (xv - muk[j]) * isk[j];
-          a[j] += vexp(ck[j] - T(0.5) * z * z - pm[j]);
+          a[j] += vexp(ck[j] - T(0.5) * z * z);
         }
       }
       for (int64_t j = 0; j < n_out; ++j) {
@@ -391,11 +393,12 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
         for (int64_t j = 0; j < n_out; ++j) {
           T z = (xv - muk[j]) * isk[j];
           T G = gb[j] * vexp(ck[j] - T(0.5) * z * z - yb[j]);
-          T Gzs = G * z * isk[j];
+          T Gs = G * isk[j];
+          T Gzs = Gs * z;
           sx += Gzs;
           if (NEED_P) {
             amu[j] += Gzs;
-            asig[j] += G * (z * z - T(1)) * isk[j];
+            asig[j] += Gzs * z - Gs;
             alw[j] += G;
           }
         }
