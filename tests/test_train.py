@@ -117,3 +117,21 @@ def test_classifier_hparams_are_plain():
     cfg = make_cfg(["data=iris"])
     module = Classifier(4, 3, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, data=cfg.data)
     assert type(module.hparams["model"]) is dict and type(module.hparams["scheduler"]["milestones"]) is list
+
+
+def test_default_config_builds_the_paper_network():
+    cfg = make_cfg([])
+    module = Classifier(784, 10, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler)
+    assert module.net.sizes == [784, 128, 64, 10]
+    assert [layer.dropout for layer in module.net.layers] == [0.2, 0.0, 0.0]
+
+
+def test_eval_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path is required"):
+        evaluate(make_cfg([f"paths.log_dir={tmp_path}"], config_name="eval"))
+    with pytest.raises(ConfigError, match="ckpt_path=last: no earlier run of task train"):
+        evaluate(make_cfg([f"paths.log_dir={tmp_path}", "ckpt_path=last"], config_name="eval"))
+    bogus = tmp_path / "x.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable uGMM-NN checkpoint"):
+        evaluate(make_cfg([f"paths.log_dir={tmp_path}", f"ckpt_path={bogus}"], config_name="eval"))
