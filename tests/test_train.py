@@ -96,6 +96,7 @@ def test_resume_from_last(tmp_path):
 def test_ckpt_last_without_runs_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="ckpt_path=last: no earlier run of task nothing_yet"):
         _run(tmp_path, ["data=iris", "task_name=nothing_yet", "ckpt_path=last"])
+    assert not (tmp_path / "logs" / "nothing_yet").exists()  # no run dir was started
 
 
 def test_same_seed_same_metrics(tmp_path):

@@ -163,10 +163,10 @@ def train(cfg: DictConfig) -> float:
     """
     start = time.perf_counter()
     validate_train_config(cfg)
-    out_dir = _prepare_output_dir(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        ckpt_path = str(find_last_checkpoint(cfg.paths.log_dir, cfg.task_name, exclude=out_dir))
+    if ckpt_path == "last":  # before this run's dir exists, so a missing run leaves nothing behind
+        ckpt_path = str(find_last_checkpoint(cfg.paths.log_dir, cfg.task_name))
+    out_dir = _prepare_output_dir(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -231,7 +231,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint; the model (and, unless a data group is given, the data) come from it."""
     start = time.perf_counter()
     validate_eval_config(cfg)
-    out_dir = _prepare_output_dir(cfg)
     ckpt_path = cfg.ckpt_path
     if ckpt_path == "last":
         ckpt_path = str(find_last_checkpoint(cfg.paths.log_dir, cfg.get("train_task_name", "train")))
@@ -248,6 +247,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data_cfg = cfg.data if cfg.get("data") is not None else hparams.get("data")
     if data_cfg is None:
         raise ConfigError(f"ckpt_path={ckpt_path} holds no data config: give data=<option>")
+    out_dir = _prepare_output_dir(cfg)
     datamodule = build_datamodule(data_cfg)
     if (datamodule.n_features, datamodule.n_classes) != (hparams["n_features"], hparams["n_classes"]):
         raise ConfigError(
