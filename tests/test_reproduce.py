@@ -90,6 +90,7 @@ def test_quick_run_through_train_py(tmp_path):
     assert f"| `paper_iris` | 1/1 | {acc:.2f} +- 0.00 |" in table
     assert "QUICK MODE" in table and "Hardware:" in table
     assert table in proc.stdout
+    assert reproduce.render([out / "results.json"]) == table  # re-rendered from the saved runs
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--experiments", "nope", "--out", str(out)],
         capture_output=True,
