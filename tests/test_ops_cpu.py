@@ -95,6 +95,24 @@ def test_many_exact_zero_inputs(zeros, n_in, zero_path, monkeypatch):
         assert_matches_reference([x, means, stds, log_weights], needs=needs)
 
 
+@pytest.mark.parametrize("zeros,n_in", [(0.8, 785), (0.6, 3)])
+def test_standardised_background_takes_the_zero_path(zeros, n_in):
+    # standardised MNIST: the background is -mean/std, not 0; inputs and means are translated so it is
+    x, means, stds, log_weights = make_case(40, 16, n_in, zeros=zeros, drop=0.2, seed=3)
+    background = -0.1307 / 0.3081
+    x = torch.where(x == 0, torch.full_like(x, background), x.abs().clamp(max=1.0) / 0.3081 + background)
+    shifted, shifted_means = cpu._shift_background_to_zero(x, means)
+    assert ((shifted == 0) == (x == background)).all() and (x == background).float().mean() >= 0.5
+    torch.testing.assert_close(shifted_means, means - background)
+    assert_matches_reference([x, means, stds, log_weights])
+
+
+def test_no_shift_without_a_dominant_background():
+    x, means = make_case(8, 3, 17, seed=4)[:2]
+    shifted, shifted_means = cpu._shift_background_to_zero(x, means)
+    assert shifted is x and shifted_means is means
+
+
 @pytest.mark.parametrize("n_bad", [1, 16])
 def test_zero_inputs_where_the_shift_underflows(n_bad):
     """A neuron's shift max_k c[j,k] can sit far above every term (a narrow, heavy component far from all

@@ -26,6 +26,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -95,11 +96,17 @@ inline void forward_rows(const T* __restrict x, const T* __restrict mu, const T*
 
 constexpr int64_t kRowTile = 8;  // rows per task: the neuron's parameters stay in L1 across them
 
+// Fewest terms a thread's share should hold: below it, waking a second thread costs more than it saves
+// (tiny layers such as Iris' would otherwise pay a parallel region per call), and on a loaded machine a
+// parallel region waits for its slowest thread. at::parallel_for runs serially when one grain covers it.
+constexpr int64_t kMinTermsPerTask = 32768;
+inline int64_t grain(int64_t terms_per_item) { return std::max<int64_t>(1, kMinTermsPerTask / std::max<int64_t>(1, terms_per_item)); }
+
 template <typename T>
 void forward_dense(const T* x, const T* mu, const T* is, const T* c, T* y, int64_t B, int64_t n_out,
                    int64_t n_in) {
   const int64_t n_bt = (B + kRowTile - 1) / kRowTile;
-  at::parallel_for(0, n_out * n_bt, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_out * n_bt, grain(kRowTile * n_in), [&](int64_t begin, int64_t end) {
     std::vector<T> q(n_in);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t j = t / n_bt, bt = t % n_bt;
@@ -166,7 +173,7 @@ void backward_dense(const T* g, const T* x, const T* mu, const T* is, const T* c
   }
   if (by_neuron) {
     std::vector<T> buf(NEED_X ? n_threads * B * n_in : 0, T(0));
-    at::parallel_for(0, n_out, 1, [&](int64_t j0, int64_t j1) {
+    at::parallel_for(0, n_out, grain(B * n_in), [&](int64_t j0, int64_t j1) {
       T* dxt = NEED_X ? buf.data() + at::get_thread_num() * B * n_in : dx;
       backward_block<T, NEED_X, NEED_P>(g, x, mu, is, c, y, dxt, dmu, dsig, dlw, 0, B, j0, j1, n_out, n_in);
     });
@@ -181,7 +188,7 @@ void backward_dense(const T* g, const T* x, const T* mu, const T* is, const T* c
   } else {
     const int64_t P = n_out * n_in;
     std::vector<T> buf(NEED_P ? n_threads * 3 * P : 0, T(0));
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain(n_out * n_in), [&](int64_t b0, int64_t b1) {
       T* base = NEED_P ? buf.data() + at::get_thread_num() * 3 * P : nullptr;
       T* dmut = NEED_P ? base : dmu;
       T* dsigt = NEED_P ? base + P : dsig;
@@ -230,7 +237,7 @@ ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Ten
   T *pm = t.m.data_ptr<T>(), *pE = t.E.data_ptr<T>();
   T* pEzs = need_grads ? t.Ezs.data_ptr<T>() : nullptr;
   T* pEz2s = need_grads ? t.Ez2s.data_ptr<T>() : nullptr;
-  at::parallel_for(0, n_out, 1, [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, n_out, grain(n_in), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const T *cj = pc + j * n_in, *muj = pmu + j * n_in, *isj = pis + j * n_in;
       T mx = neg_inf<T>();
@@ -291,7 +298,7 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
   const T *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
   const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
   T* py = y.data_ptr<T>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, grain(n_out * n_in), [&](int64_t b0, int64_t b1) {
     std::vector<T> acc(n_out), q(n_in);
     std::vector<int64_t> nz(n_in);
     for (int64_t b = b0; b < b1; ++b) {
@@ -374,7 +381,7 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   at::Tensor dT = NEED_P ? at::empty({3, n_in, n_out}, x.options()) : at::Tensor();  // transposed gradients
   T* pdT = NEED_P ? dT.data_ptr<T>() : nullptr;
   const int64_t P = n_out * n_in;
-  at::parallel_for(0, n_in, 1, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, n_in, grain(B * n_out), [&](int64_t k0, int64_t k1) {
     std::vector<T> zero(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
     for (int64_t k = k0; k < k1; ++k) {
       const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out, *__restrict ck = pcT + k * n_out;
