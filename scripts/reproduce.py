@@ -44,6 +44,7 @@ COLUMNS = (
 # tiny budget for --quick: one epoch over a few batches
 QUICK_OVERRIDES = (
     "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",  # an experiment may validate less often; the monitor needs one
     "++trainer.limit_train_batches=3",
     "++trainer.limit_val_batches=2",
     "++trainer.limit_test_batches=2",
