@@ -63,7 +63,7 @@ def _jobs(sweep_dir: Path) -> dict[int, Path]:
 
 def test_multirun_summary_with_failing_jobs(tmp_path):
     # 8 jobs: loss x dropout x precision; precision=bogus makes Lightning raise at Trainer init
-    args = ["-m", *TINY, "loss=cross_entropy,nll", "model.dropout=0,0.2", "+trainer.precision=32,bogus"]
+    args = ["-m", *TINY, "loss=cross_entropy,nll", "model.dropout=0,0.2", "++trainer.precision=32,bogus"]
     res = _train(tmp_path, *args)
     sweep = _sweep_dir(tmp_path)
     jobs = _jobs(sweep)
@@ -73,7 +73,7 @@ def test_multirun_summary_with_failing_jobs(tmp_path):
     ok = {n: r for n, r in records.items() if r["status"] == "ok"}
     failed = {n: r for n, r in records.items() if r["status"] == "failed"}
     assert len(ok) == 4 and len(failed) == 4
-    assert all("+trainer.precision=bogus" in r["overrides"] for r in failed.values())
+    assert all("++trainer.precision=bogus" in r["overrides"] for r in failed.values())
     assert all("ValueError: Precision 'bogus' is invalid" in r["error"] for r in failed.values())
 
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
@@ -89,11 +89,11 @@ def test_multirun_summary_with_failing_jobs(tmp_path):
 
     md = (sweep / "summary.md").read_text()
     assert "8 jobs, 4 ok, 4 failed; sorted by val/acc (max)" in md
-    assert "| loss | model.dropout | +trainer.precision |" in md  # one column per swept key
+    assert "| loss | model.dropout | ++trainer.precision |" in md  # one column per swept key
     assert "Sweep summary: 8 jobs, 4 ok, 4 failed" in res.stdout  # and printed at the end
 
     # the same failure in a single run (no -m) stops it with a non-zero exit code
-    single = _train(tmp_path, *TINY, "+trainer.precision=bogus", check=False)
+    single = _train(tmp_path, *TINY, "++trainer.precision=bogus", check=False)
     assert single.returncode != 0 and "Precision 'bogus' is invalid" in single.stderr
 
 
