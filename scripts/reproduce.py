@@ -178,6 +178,11 @@ def markdown_table(summary: dict[str, dict], hw: str, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_json(out: Path, hw: str, quick: bool, records: list[dict]) -> None:
+    record = {"hardware": hw, "quick": quick, "summary": aggregate(records), "runs": records}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def render(paths: list[Path]) -> str:
     """One table from the runs recorded in earlier ``results.json`` files (re-aggregated)."""
     runs, hardware_lines, quick = [], [], False
@@ -231,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{exp} seed={seed}] {status} {shown} ({record['elapsed_s']:.1f} s)", flush=True)
             if status != "ok":
                 print("  " + "\n  ".join(record.get("log_tail", [])), flush=True)
+            _write_json(out, hw, args.quick, records)  # after every run: an interrupted batch keeps its runs
     summary = aggregate(records)
     table = markdown_table(summary, hw, args.quick)
-    (out / "results.json").write_text(
-        json.dumps({"hardware": hw, "quick": args.quick, "summary": summary, "runs": records}, indent=2) + "\n"
-    )
+    _write_json(out, hw, args.quick, records)
     (out / "results.md").write_text(table)
     print()
     print(table)
