@@ -28,14 +28,17 @@ def _mnist_tensors(train: bool, n: int):
 
 
 @requires_mnist
-def test_readme_model_beats_90_percent_on_real_mnist_in_two_epochs():
+def test_readme_model_beats_90_percent_on_real_mnist_in_three_epochs():
     torch.manual_seed(0)
     x_train, y_train = _mnist_tensors(train=True, n=60_000)
     x_test, y_test = _mnist_tensors(train=False, n=10_000)
     model = uGMMNN()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # the paper's recipe (Adam 1e-2, MultiStepLR x0.1) on a short schedule: ~92.7% after three epochs
+    # at batch 64 (the paper's 50 epochs at batch 256 reach 97.5%)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2], gamma=0.1)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(2):  # two epochs at batch 64: ~91% (the paper's 50 epochs reach 97.5%)
+    for _ in range(3):
         model.train()
         for idx in torch.randperm(len(x_train)).split(64):
             opt.zero_grad()
@@ -43,6 +46,7 @@ def test_readme_model_beats_90_percent_on_real_mnist_in_two_epochs():
             assert torch.isfinite(loss)
             loss.backward()
             opt.step()
+        schedule.step()
     model.eval()
     with torch.no_grad():
         acc = (model(x_test).argmax(1) == y_test).float().mean().item()
