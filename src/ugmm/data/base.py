@@ -1,10 +1,11 @@
-"""Pieces shared by the DataModules: the user-facing error and the in-memory batched dataset."""
+"""Pieces shared by the DataModules: the user-facing error, the in-memory batched dataset and loaders."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -108,3 +109,21 @@ def trainer_device(datamodule) -> torch.device:
     """
     trainer = getattr(datamodule, "trainer", None)
     return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+
+class InMemoryDataModule(LightningDataModule):
+    """Loaders over ``self.splits`` (``train``/``val``/``test`` :class:`InMemoryDataset`), which
+    ``setup`` fills; ``batch_size`` is the global training batch, split across DDP ranks."""
+
+    splits: dict[str, InMemoryDataset]
+    batch_size: int
+    eval_batch_size: int
+
+    def train_dataloader(self):
+        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
+
+    def val_dataloader(self):
+        return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import torch
 import torchvision
-from lightning.pytorch import LightningDataModule
 
-from ugmm.data.base import DataError, InMemoryDataset, batch_loader, per_rank_batch_size, trainer_device
+from ugmm.data.base import (
+    DataError,
+    InMemoryDataModule,
+    InMemoryDataset,
+    trainer_device,
+)
 
 MNIST_FAMILY = ("MNIST", "FashionMNIST", "KMNIST")
 # per-dataset pixel mean and std on the training images, for ``normalize: true``
@@ -93,7 +97,7 @@ class Normalize:
         return x
 
 
-class MNISTDataModule(LightningDataModule):
+class MNISTDataModule(InMemoryDataModule):
     """MNIST, FashionMNIST or KMNIST held in memory, with a seeded validation split from train.
 
     Args:
@@ -161,12 +165,3 @@ class MNISTDataModule(LightningDataModule):
             "val": InMemoryDataset(self.transform(x[val_idx]), y[val_idx]).to(device),
             "test": InMemoryDataset(self.transform(x_test), y_test).to(device),
         }
-
-    def train_dataloader(self):
-        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
-
-    def val_dataloader(self):
-        return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self):
-        return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)

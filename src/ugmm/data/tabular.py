@@ -6,13 +6,11 @@ import csv
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningDataModule
 
 from ugmm.data.base import (
     DataError,
+    InMemoryDataModule,
     InMemoryDataset,
-    batch_loader,
-    per_rank_batch_size,
     stratified_split,
     trainer_device,
 )
@@ -81,7 +79,7 @@ def _class_sort_key(label: str):
     return (0, float(label), "") if _is_float(label) else (1, 0.0, label)
 
 
-class TabularDataModule(LightningDataModule):
+class TabularDataModule(InMemoryDataModule):
     """Classification data from a CSV: stratified train/val/test split, standardised on train only.
 
     Args:
@@ -167,12 +165,3 @@ class TabularDataModule(LightningDataModule):
             name: InMemoryDataset(x[idx], y[idx]).to(device)
             for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
         }
-
-    def train_dataloader(self):
-        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
-
-    def val_dataloader(self):
-        return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self):
-        return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)
