@@ -20,6 +20,7 @@ def _compose(tmp_path, *overrides):
                 "logger=many_loggers",
                 f"paths.log_dir={tmp_path}",
                 "trainer.max_epochs=3",
+                "trainer.check_val_every_n_epoch=1",  # paper_iris validates every 10 epochs
                 *overrides,
             ],
         )
