@@ -83,8 +83,29 @@ def build_scheduler(opt: torch.optim.Optimizer, scheduler: Mapping | None, max_e
 class BaseModule(LightningModule):
     """Optimizer/scheduler from config and the best validation accuracy so far (``val/acc_best``)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        loss: str,
+        n_features: int,
+        n_classes: int,
+        model: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping | None,
+        data: Mapping | None,
+    ) -> None:
         super().__init__()
+        # plain containers only: checkpoints must load with weights_only=True
+        self.save_hyperparameters(
+            {
+                "n_features": int(n_features),
+                "n_classes": int(n_classes),
+                "model": plain(model),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
+                "data": plain(data),
+                "loss": loss,
+            }
+        )
         # persistent, so a resumed run keeps the best accuracy seen before the interruption
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)

@@ -8,7 +8,7 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from ugmm.modules.base import BaseModule, build_net, plain
+from ugmm.modules.base import BaseModule, build_net
 
 
 class Classifier(BaseModule):
@@ -34,18 +34,7 @@ class Classifier(BaseModule):
         scheduler: Mapping | None = None,
         data: Mapping | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(
-            {
-                "n_features": int(n_features),
-                "n_classes": int(n_classes),
-                "model": plain(model),
-                "optimizer": plain(optimizer),
-                "scheduler": plain(scheduler),
-                "data": plain(data),
-                "loss": "cross_entropy",
-            }
-        )
+        super().__init__("cross_entropy", n_features, n_classes, model, optimizer, scheduler, data)
         self.net = build_net(self.hparams["model"], int(n_features), int(n_classes))
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_loss", MeanMetric())

@@ -35,21 +35,10 @@ class DensityModel(BaseModule):
         scheduler: Mapping | None = None,
         data: Mapping | None = None,
     ) -> None:
-        super().__init__()
         model = plain(model)
         if model.get("net", "ugmm") != "ugmm":
             raise ValueError(f"loss=nll needs model=ugmm (a density model), got model.net={model.get('net')}")
-        self.save_hyperparameters(
-            {
-                "n_features": int(n_features),
-                "n_classes": int(n_classes),
-                "model": model,
-                "optimizer": plain(optimizer),
-                "scheduler": plain(scheduler),
-                "data": plain(data),
-                "loss": "nll",
-            }
-        )
+        super().__init__("nll", n_features, n_classes, model, optimizer, scheduler, data)
         self.net = build_net(model, int(n_features) + 1, 1)
         self.register_buffer("states", torch.arange(int(n_classes), dtype=torch.float32), persistent=False)
         for stage in ("train", "val", "test"):
