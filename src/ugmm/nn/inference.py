@@ -8,15 +8,12 @@ the full mixtures (no component dropout).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ugmm.nn.layer import uGMMLayer
 from ugmm.nn.network import uGMMNet
 from ugmm.ops import mixture_loglik
-
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+from ugmm.ops.reference import LOG_SQRT_2PI
 
 
 def _check_density_net(net: uGMMNet) -> None:

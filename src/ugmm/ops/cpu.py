@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import platform
 import shutil
@@ -33,7 +32,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+from ugmm.ops.reference import LOG_SQRT_2PI
+
 _SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
 # -fopenmp: at::parallel_for's OpenMP regions are compiled into this module; -march=native: the vector width
 # of this CPU (a second, portable build is tried if the compiler rejects it)

@@ -20,18 +20,18 @@ float32 and float64 are supported (accumulation in the input dtype); other dtype
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from functools import cache
 
 import torch
+
+from ugmm.ops.reference import LOG_SQRT_2PI
 
 try:  # absolute import: this module's own name does not shadow the triton package
     import triton
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
 
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _DTYPES = (torch.float32, torch.float64)
 # fixed tiles for the interpreter: small enough to be quick, small enough that tests at n_in = 17, 70
 # and B = 37 cover several tiles with ragged edges

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
+from ugmm.ops.reference import LOG_SQRT_2PI
 from ugmm.plots._figure import new_figure
-
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _mixture_params(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
