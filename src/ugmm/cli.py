@@ -62,7 +62,7 @@ def build_datamodule(data: Any) -> LightningDataModule:
     if name in MNIST_FAMILY:
         keys = ("name", "data_dir", "download", "batch_size", "eval_batch_size", "val_size", "split_seed", "normalize")
         return MNISTDataModule(**{k: data[k] for k in keys if k in data})
-    keys = ("path", "target", "batch_size", "eval_batch_size", "test_fraction", "val_fraction", "split_seed")
+    keys = ("path", "target", "batch_size", "eval_batch_size", "test_fraction", "val_fraction", "split_seed", "split")
     return TabularDataModule(
         **{k: data[k] for k in keys if k in data}, standardize=data.get("standardize", True), name=name
     )

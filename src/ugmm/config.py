@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ugmm.data.base import DataError
 from ugmm.data.mnist import MNIST_FAMILY
+from ugmm.data.tabular import SPLITS
 from ugmm.modules.base import NETS, OPTIMIZERS, SCHEDULERS
 from ugmm.ops import BACKENDS
 
@@ -135,10 +136,19 @@ def validate_data(cfg: DictConfig, check_files: bool = True) -> None:
             except DataError as err:
                 raise ConfigError(str(err)) from None
         return
+    if _value(cfg, "data.split") is not None:
+        _choice(cfg, "data.split", SPLITS)
     test = _float(cfg, "data.test_fraction", 0.0, 1.0, low_open=True)
-    val = _float(cfg, "data.val_fraction", 0.0, 1.0, low_open=True)
+    val = _float(cfg, "data.val_fraction", 0.0, 1.0)
     if test + val >= 1.0:
         raise ConfigError(f"data.test_fraction + data.val_fraction = {test + val:g} must be < 1 to leave training rows")
+    monitor = _value(cfg, "monitor.metric")
+    if val == 0.0 and str(monitor).startswith("val/"):
+        # without validation rows nothing logs val/*: checkpointing and early stopping would fail mid-run
+        raise ConfigError(
+            f"data.val_fraction=0 leaves no validation rows to compute monitor.metric={monitor}: "
+            "monitor a training metric (monitor.metric=train/nll monitor.mode=min) or keep val_fraction > 0"
+        )
     path = _value(cfg, "data.path")
     if name == "csv" and not path:
         raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label column>")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -85,6 +87,26 @@ def stratified_split(y: torch.Tensor, fractions: Sequence[float], seed: int) -> 
             start += count
         parts[-1].append(rows[start:])
     return [torch.cat(p).sort().values for p in parts]
+
+
+def shuffle_split(n_rows: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's ``train_test_split(rows, test_size=test_fraction, random_state=seed)``, exactly.
+
+    That function (a ShuffleSplit) draws ``numpy.random.RandomState(seed).permutation(n_rows)`` and
+    takes the first ``ceil(test_fraction * n_rows)`` rows as the test part, the rest as training; no
+    stratification. Reimplemented here so a published split (the paper's Iris: ``random_state=42``)
+    is reproduced row for row without depending on scikit-learn. Returns ``(test, train)`` int64
+    index tensors in the permutation's order (the order of scikit-learn's ``X_test``, ``X_train``).
+    """
+    if n_rows < 2:
+        raise ValueError(f"shuffle_split needs at least 2 rows, got {n_rows}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"shuffle_split test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = math.ceil(test_fraction * n_rows)
+    if n_test >= n_rows:
+        raise ValueError(f"shuffle_split: test_fraction={test_fraction} leaves no training rows of {n_rows}")
+    perm = torch.from_numpy(np.random.RandomState(int(seed)).permutation(n_rows).astype(np.int64))
+    return perm[:n_test], perm[n_test:]
 
 
 def per_rank_batch_size(datamodule, batch_size: int) -> int:

@@ -11,11 +11,14 @@ from ugmm.data.base import (
     DataError,
     InMemoryDataModule,
     InMemoryDataset,
+    shuffle_split,
     stratified_split,
     trainer_device,
 )
 
 IRIS_CSV = Path(__file__).with_name("iris.csv")
+# how the test rows are chosen: per class (balanced) or scikit-learn's train_test_split permutation
+SPLITS = ("stratified", "reference")
 
 
 def read_header(path: str | Path) -> list[str]:
@@ -80,14 +83,22 @@ def _class_sort_key(label: str):
 
 
 class TabularDataModule(InMemoryDataModule):
-    """Classification data from a CSV: stratified train/val/test split, standardised on train only.
+    """Classification data from a CSV: train/val/test split, standardised on train only.
 
     Args:
         path: the CSV file (header row, numeric features, one label column); None = packaged Iris.
         target: the label column's name.
         batch_size: training batch size (evaluation uses ``eval_batch_size``).
-        test_fraction, val_fraction: shares of the whole table held out per class, with ``split_seed``.
-            The test part is cut first, so it does not depend on ``val_fraction``.
+        test_fraction, val_fraction: shares of the whole table held out for test and validation,
+            with ``split_seed``. The test part is cut first, so it does not depend on ``val_fraction``.
+        split: how the test rows are chosen.
+            ``stratified``: per class, so every part keeps the class balance.
+            ``reference``: scikit-learn's ``train_test_split(rows, test_size=test_fraction,
+            random_state=split_seed)`` row for row (:func:`~ugmm.data.base.shuffle_split`; no
+            stratification), the split published results use (the paper's Iris: seed 42, 20%). That
+            split has no validation part: ``round(val_fraction * rows)`` of its *training* rows,
+            drawn with ``split_seed``, become the validation set, so the test rows stay exactly
+            the reference's.
         standardize: scale features to zero mean, unit variance with the *training* rows' statistics.
         name: a label for logs.
 
@@ -103,6 +114,7 @@ class TabularDataModule(InMemoryDataModule):
         test_fraction: float = 0.2,
         val_fraction: float = 0.1,
         split_seed: int = 42,
+        split: str = "stratified",
         standardize: bool = True,
         name: str = "csv",
         device: str | None = None,
@@ -115,6 +127,9 @@ class TabularDataModule(InMemoryDataModule):
         self.test_fraction = float(test_fraction)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
+        if split not in SPLITS:
+            raise DataError(f"data.split={split} is not one of {', '.join(SPLITS)}")
+        self.split = split
         self.standardize = bool(standardize)
         self.name = name
         self.device = device
@@ -151,7 +166,7 @@ class TabularDataModule(InMemoryDataModule):
             return
         x, y, _, classes = read_table(self.path, self.target)
         self._classes = classes
-        test_idx, val_idx, train_idx = stratified_split(y, [self.test_fraction, self.val_fraction], self.split_seed)
+        test_idx, val_idx, train_idx = self.split_indices(y)
         if len(train_idx) == 0:
             raise DataError(f"{self.path}: no training rows left after the test and validation splits")
         if self.standardize:
@@ -165,3 +180,19 @@ class TabularDataModule(InMemoryDataModule):
             name: InMemoryDataset(x[idx], y[idx]).to(device)
             for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
         }
+
+    def split_indices(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row indices ``(test, val, train)`` of a table with labels ``y`` ``(N,)``, by ``self.split``."""
+        if self.split == "stratified":
+            test, val, train = stratified_split(y, [self.test_fraction, self.val_fraction], self.split_seed)
+            return test, val, train
+        try:
+            test, train = shuffle_split(len(y), self.test_fraction, self.split_seed)
+        except ValueError as err:
+            raise DataError(f"{self.path}: {err}") from None
+        # validation rows come out of the reference's training part, so its test rows are untouched
+        n_val = int(round(self.val_fraction * len(y)))
+        if n_val >= len(train):
+            raise DataError(f"{self.path}: data.val_fraction={self.val_fraction} leaves no training rows")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
+        return test, train[order[:n_val]].sort().values, train[order[n_val:]].sort().values
