@@ -9,6 +9,8 @@ wall time per run, the hardware, the paper's figure and the command), which is a
     python scripts/reproduce.py --experiments paper_mnist mnist_mlp --seeds 0 1 2 3 4 --extra-overrides trainer=gpu
     python scripts/reproduce.py --quick        # a tiny budget per run: checks the pipeline, not the numbers
     python scripts/reproduce.py --render a/results.json b/results.json   # one table from earlier runs
+    python scripts/reproduce.py --experiments paper_mnist --label dropout0.5 --extra-overrides model.dropout=0.5
+        # an ablation row: the experiment plus overrides, tabulated under its own name
 
 Runs that fail are listed with the tail of their log and left out of the statistics (never hidden).
 """
@@ -81,10 +83,14 @@ def command_for(experiment: str, seed: int | str, extra: list[str], quick: bool)
     return [f"experiment={experiment}", f"seed={seed}", *(QUICK_OVERRIDES if quick else ()), *extra]
 
 
-def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path) -> dict:
-    """Run one training job in a subprocess; return its record (metrics.json plus status and timing)."""
-    run_dir = out / "runs" / experiment / f"seed_{seed}"
-    log_path = out / "logs" / f"{experiment}_seed{seed}.log"
+def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path, label: str | None = None) -> dict:
+    """Run one training job in a subprocess; return its record (metrics.json plus status and timing).
+
+    ``label`` names the row (default: the experiment), e.g. for an ablation of overrides.
+    """
+    name = label or experiment
+    run_dir = out / "runs" / name / f"seed_{seed}"
+    log_path = out / "logs" / f"{name}_seed{seed}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     overrides = command_for(experiment, seed, extra, quick)
     cmd = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv"]
@@ -92,7 +98,8 @@ def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path
     with log_path.open("w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
     elapsed = time.perf_counter() - start
-    record = {"experiment": experiment, "seed": seed, "returncode": proc.returncode, "elapsed_s": elapsed}
+    record = {"experiment": name, "config": experiment, "seed": seed, "returncode": proc.returncode}
+    record["elapsed_s"] = elapsed
     record["command"] = "python train.py " + " ".join(overrides)
     metrics_file = run_dir / "metrics.json"
     if proc.returncode == 0 and metrics_file.is_file():
@@ -137,6 +144,7 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
             summary["wall_time_s"] = {"mean": mean, "std": std}
             mean, std = mean_std([r["elapsed_s"] for r in ok])
             summary["process_time_s"] = {"mean": mean, "std": std}
+        summary["config"] = runs[0].get("config", exp)
         summary["command"] = runs[0]["command"].replace(f"seed={runs[0]['seed']}", "seed=<seed>")
         out[exp] = summary
     return out
@@ -160,7 +168,7 @@ def markdown_table(summary: dict[str, dict], hw: str, quick: bool) -> str:
         for key in ("wall_time_s", "process_time_s"):
             t = s.get(key)
             cells.append(f"{t['mean']:.1f} +- {t['std']:.1f}" if t else "-")
-        cells.append(PAPER.get(exp, "-"))
+        cells.append(PAPER.get(exp, "-") if exp == s.get("config", exp) else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra-overrides", nargs="*", default=[], help="more train.py overrides for every run, e.g. trainer=gpu"
     )
+    parser.add_argument("--label", default=None, help="row name for these runs (one experiment), e.g. an ablation")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default logs/reproduce/<timestamp>)")
     parser.add_argument(
         "--render",
@@ -220,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in args.experiments if e not in known]
     if unknown:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    if args.label and len(args.experiments) != 1:
+        parser.error("--label names the runs of one experiment; give exactly one with --experiments")
     out = args.out or REPO / "logs" / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -228,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for exp in args.experiments:
         for seed in args.seeds:
-            record = run_one(exp, seed, list(args.extra_overrides), args.quick, out)
+            record = run_one(exp, seed, list(args.extra_overrides), args.quick, out, args.label)
             records.append(record)
             status = record.get("status", "failed")
             acc = record.get("metrics", {}).get("test/acc")
             shown = f"test/acc={acc:.4f}" if acc is not None else ""
-            print(f"[{exp} seed={seed}] {status} {shown} ({record['elapsed_s']:.1f} s)", flush=True)
+            print(f"[{args.label or exp} seed={seed}] {status} {shown} ({record['elapsed_s']:.1f} s)", flush=True)
             if status != "ok":
                 print("  " + "\n  ".join(record.get("log_tail", [])), flush=True)
             _write_json(out, hw, args.quick, records)  # after every run: an interrupted batch keeps its runs

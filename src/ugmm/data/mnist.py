@@ -11,11 +11,13 @@ import contextlib
 import io
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torchvision
 
+from ugmm.data.augment import RandomAffine
 from ugmm.data.base import (
     DataError,
     InMemoryDataModule,
@@ -108,6 +110,8 @@ class MNISTDataModule(InMemoryDataModule):
         val_size: training images held out for validation (chosen with ``split_seed``).
         normalize: standardise pixels with the data set's mean and std (as
             ``transforms.Normalize((0.1307,), (0.3081,))`` for MNIST); False keeps [0, 1].
+        augment: None, or ``{degrees, translate, scale}`` of a :class:`RandomAffine` drawn per
+            training image and step (validation and test images are never augmented).
         device: where to keep the tensors (``"cuda"`` when training there); None = CPU.
 
     Batches: ``x`` float32 ``(B, 1, 28, 28)``, ``y`` int64 ``(B,)``.
@@ -127,6 +131,7 @@ class MNISTDataModule(InMemoryDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         normalize: bool = True,
+        augment: Mapping | None = None,
         device: str | None = None,
     ) -> None:
         super().__init__()
@@ -141,6 +146,9 @@ class MNISTDataModule(InMemoryDataModule):
         self.split_seed = int(split_seed)
         mean, std = PIXEL_STATS[name] if normalize else (0.0, 1.0)
         self.transform = Normalize(mean, std)
+        # the background exactly as the stored images hold it, so augmented borders match it bit for bit
+        background = float(self.transform(torch.zeros(1, 1, 1, dtype=torch.uint8)).item())
+        self.augment = RandomAffine(**augment, background=background) if augment else None
         self.device = device
         self.splits: dict[str, InMemoryDataset] = {}
 
@@ -161,7 +169,7 @@ class MNISTDataModule(InMemoryDataModule):
         # scaled once to float32 (MNIST: 172 MB train + 15 MB val + 31 MB test): a batch is then one
         # index_select; scaling uint8 per batch costs 3 more elementwise passes for every step
         self.splits = {
-            "train": InMemoryDataset(self.transform(x[train_idx]), y[train_idx]).to(device),
+            "train": InMemoryDataset(self.transform(x[train_idx]), y[train_idx], self.augment).to(device),
             "val": InMemoryDataset(self.transform(x[val_idx]), y[val_idx]).to(device),
             "test": InMemoryDataset(self.transform(x_test), y_test).to(device),
         }
