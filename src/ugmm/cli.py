@@ -60,7 +60,17 @@ def build_datamodule(data: Any) -> LightningDataModule:
     data = dict(plain(data))
     name = data["name"]
     if name in MNIST_FAMILY:
-        keys = ("name", "data_dir", "download", "batch_size", "eval_batch_size", "val_size", "split_seed", "normalize")
+        keys = (
+            "name",
+            "data_dir",
+            "download",
+            "batch_size",
+            "eval_batch_size",
+            "val_size",
+            "split_seed",
+            "normalize",
+            "augment",
+        )
         return MNISTDataModule(**{k: data[k] for k in keys if k in data})
     keys = ("path", "target", "batch_size", "eval_batch_size", "test_fraction", "val_fraction", "split_seed", "split")
     return TabularDataModule(

@@ -125,6 +125,17 @@ def validate_data(cfg: DictConfig, check_files: bool = True) -> None:
         _int(cfg, "data.val_size", 1)
         if _int(cfg, "data.val_size", 1) >= 60000:
             raise ConfigError(f"data.val_size={data.val_size} is out of range: must be in [1, 60000)")
+        augment = _value(cfg, "data.augment")
+        if augment is not None:
+            from ugmm.data.augment import RandomAffine
+
+            fields = {"degrees", "translate", "scale"}
+            if not OmegaConf.is_dict(augment) or not set(augment) <= fields:
+                raise ConfigError(f"data.augment={augment} must be null or a mapping of {', '.join(sorted(fields))}")
+            try:
+                RandomAffine(**OmegaConf.to_container(augment))
+            except DataError as err:
+                raise ConfigError(str(err)) from None
         data_dir = _value(cfg, "data.data_dir")
         if not data_dir:
             raise ConfigError("data.data_dir is empty: give data.data_dir=<folder> or set UGMM_DATA_DIR")
