@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from ugmm.data.base import DataError
 from ugmm.data.mnist import MNIST_FAMILY
 from ugmm.data.tabular import SPLITS
-from ugmm.modules.base import NETS, OPTIMIZERS, SCHEDULERS
+from ugmm.modules.base import INITS, NETS, OPTIMIZERS, SCHEDULERS
+from ugmm.nn.layer import STD_PARAMETERISATIONS
 from ugmm.ops import BACKENDS
 
 LOSSES = ("cross_entropy", "nll")
@@ -188,6 +189,10 @@ def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
     _float(cfg, "model.dropout", 0.0, 1.0)
     if net == "ugmm":
         _float(cfg, "model.std_floor", 0.0, math.inf)
+        if _value(cfg, "model.std_param") is not None:
+            _choice(cfg, "model.std_param", STD_PARAMETERISATIONS)
+        if _value(cfg, "model.init") is not None:
+            _choice(cfg, "model.init", INITS)
         _choice(cfg, "model.backend", BACKENDS)
     loss = _choice(cfg, "loss.name", LOSSES)
     if loss == "nll" and net != "ugmm":

@@ -18,6 +18,9 @@ from ugmm.nn import MLP, uGMMNet
 NETS = ("ugmm", "mlp")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("multistep", "cosine", "none")
+# reference: mu ~ N(0, 1), sigma ~ U(0, 1) as the paper's code; data: uGMMNet.init_from_data on training rows
+INITS = ("reference", "data")
+INIT_ROWS = 4096  # training rows the data initialisation looks at
 
 
 def plain(cfg: Any) -> Any:
@@ -36,7 +39,7 @@ def plain(cfg: Any) -> Any:
 
 
 def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
-    """``model`` = {net: ugmm|mlp, width, depth, dropout[, std_floor, backend]} -> the torch network."""
+    """``model`` = {net: ugmm|mlp, width, depth, dropout[, std_floor, std_param, backend]} -> the torch network."""
     kind = model.get("net", "ugmm")
     common = {"width": int(model["width"]), "depth": int(model["depth"]), "dropout": model.get("dropout", 0.0)}
     if kind == "ugmm":
@@ -44,6 +47,7 @@ def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
             n_inputs,
             n_outputs,
             std_floor=float(model.get("std_floor", 1e-3)),
+            std_param=model.get("std_param", "exp"),
             backend=model.get("backend", "auto"),
             **common,
         )
@@ -117,6 +121,23 @@ class BaseModule(LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the network reads for a batch: ``(B, n_inputs)``."""
+        raise NotImplementedError
+
+    def on_train_start(self) -> None:
+        # here, not in __init__: the data exists only now; never on resume (the checkpoint holds the weights)
+        if self.hparams["model"].get("init", "reference") != "data" or self.trainer.ckpt_path is not None:
+            return
+        train = getattr(self.trainer.datamodule, "splits", {}).get("train")
+        if train is None:
+            raise RuntimeError("model.init=data needs a DataModule with in-memory splits (ugmm.data)")
+        # the same rows and draws on every DDP rank, so the replicas start identical
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        rows = torch.randperm(len(train), generator=generator)[:INIT_ROWS]
+        x, y = train.__getitems__(rows.tolist())
+        self.net.init_from_data(self.net_inputs(x.to(self.device), y.to(self.device)), generator=generator)
 
     def _log_best(self, acc: torch.Tensor) -> None:
         # the sanity check's few batches must not count as a best accuracy

@@ -46,6 +46,9 @@ class Classifier(BaseModule):
         """Logits ``(B, n_classes)``."""
         return self.net(x.flatten(1))
 
+    def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)

@@ -53,6 +53,10 @@ class DensityModel(BaseModule):
         with_label = torch.cat([x, x.new_zeros(len(x), 1)], dim=1)  # the label column's value is ignored
         return log_joint_all(self.net, with_label, var_index=-1, states=self.states).T
 
+    def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Features and the label's class index as one more column, ``(B, n_features + 1)``."""
+        return torch.cat([x.flatten(1), y.to(x.dtype).unsqueeze(1)], dim=1)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = -log_joint(self.net, x.flatten(1), y).mean()

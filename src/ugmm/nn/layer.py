@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 from ugmm.ops import BACKENDS, mixture_loglik
+
+# sigma = std_floor + g(raw_std): exp (the reference's, unbounded growth, multiplicative steps) or
+# softplus (linear for large sigma, so Adam's steps on a wide component stay moderate)
+STD_PARAMETERISATIONS = ("exp", "softplus")
 
 
 def component_dropout_mask(n_nodes: int, n_nodes_in: int, p: float, generator=None, device=None) -> torch.Tensor:
@@ -42,6 +47,7 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             mask per step is shared by the batch; a neuron always keeps at least one component.
         std_floor: lower bound on every sigma: ``sigma = std_floor + exp(raw_std)``. Without it a
             likelihood-trained neuron can collapse onto a constant input and diverge.
+        std_param: ``exp`` (the reference's) or ``softplus``: ``sigma = std_floor + softplus(raw_std)``.
         backend: which implementation of the op computes the layer (see :mod:`ugmm.ops`).
 
     Shape:
@@ -51,7 +57,8 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
 
     Attributes:
         mean: learnable :math:`\mu`, ``(n_nodes, n_nodes_in)``, initialised from N(0, 1).
-        raw_std: learnable, ``sigma = std_floor + exp(raw_std)``, initialised to log U(0, 1).
+        raw_std: learnable, ``sigma = std_floor + exp(raw_std)`` (or softplus), initialised so that
+            ``sigma - std_floor ~ U(0, 1)``; :meth:`init_from_data` starts them on the data instead.
         logits: learnable mixture logits w, ``(n_nodes, n_nodes_in)``, initialised from U(0, 1).
     """
 
@@ -62,6 +69,7 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         dropout: float = 0.0,
         std_floor: float = 1e-3,
         backend: str = "auto",
+        std_param: str = "exp",
         device=None,
         dtype=None,
     ) -> None:
@@ -72,6 +80,8 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             raise ValueError(f"uGMMLayer dropout must be in [0, 1), got {dropout}")
         if not float(std_floor) >= 0.0:
             raise ValueError(f"uGMMLayer std_floor must be >= 0, got {std_floor}")
+        if std_param not in STD_PARAMETERISATIONS:
+            raise ValueError(f"unknown std_param {std_param!r}; choose one of {', '.join(STD_PARAMETERISATIONS)}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown uGMM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         factory = {"device": device, "dtype": dtype}
@@ -80,6 +90,7 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         self.dropout = float(dropout)
         self.std_floor = float(std_floor)
         self.backend = backend
+        self.std_param = std_param
         self.mean = nn.Parameter(torch.empty(self.n_nodes, self.n_nodes_in, **factory))
         self.raw_std = nn.Parameter(torch.empty(self.n_nodes, self.n_nodes_in, **factory))
         self.logits = nn.Parameter(torch.empty(self.n_nodes, self.n_nodes_in, **factory))
@@ -89,9 +100,36 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         """The reference initialisation: mu ~ N(0, 1), sigma ~ U(0, 1) (plus the floor), w ~ U(0, 1)."""
         with torch.no_grad():
             nn.init.normal_(self.mean)
-            # log U(0, 1); the tiny lower bound keeps log() finite
-            self.raw_std.copy_(torch.rand_like(self.raw_std).clamp_min(1e-6).log())
+            self.raw_std.copy_(self._raw_from_std(torch.rand_like(self.raw_std)))
             nn.init.uniform_(self.logits)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Start every neuron on the data instead of at random.
+
+        Neuron j's means become one randomly chosen row of ``x`` (a prototype, as RBF centres drawn
+        from the data), and every sigma the spread of its input over ``x``, at least the mean spread
+        over the inputs: an almost constant input (an MNIST border pixel) would otherwise get a spike
+        whose density dominates the neuron for every image. Mixture weights keep their initialisation.
+
+        Args:
+            x: ``(N, n_nodes_in)`` a sample of this layer's inputs (N >= 2).
+        """
+        if x.dim() != 2 or x.shape[1] != self.n_nodes_in or len(x) < 2:
+            raise ValueError(f"init_from_data needs (N >= 2, {self.n_nodes_in}) inputs, got {tuple(x.shape)}")
+        x = x.to(self.mean)
+        rows = torch.randint(len(x), (self.n_nodes,), generator=generator).to(x.device)
+        self.mean.copy_(x[rows])
+        spread = x.std(dim=0)
+        spread = spread.clamp_min(max(float(spread.mean()), 1e-3))
+        self.raw_std.copy_(self._raw_from_std(spread.expand(self.n_nodes, -1)))
+
+    def _raw_from_std(self, excess: torch.Tensor) -> torch.Tensor:
+        """The ``raw_std`` that gives ``sigma = std_floor + excess`` (``excess`` > 0)."""
+        excess = excess.clamp_min(1e-6)  # keeps the inverse finite
+        if self.std_param == "exp":
+            return excess.log()
+        return excess + torch.log(-torch.expm1(-excess))  # softplus^-1
 
     # -- read-only views for inspection and plotting (dropout not applied) --------------------
     @property
@@ -110,7 +148,9 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         return torch.log_softmax(self.logits.detach(), dim=-1)
 
     def _stds(self) -> torch.Tensor:
-        return self.std_floor + self.raw_std.exp()
+        if self.std_param == "exp":
+            return self.std_floor + self.raw_std.exp()
+        return self.std_floor + F.softplus(self.raw_std)
 
     def _log_weights(self, drop: torch.Tensor | None) -> torch.Tensor:
         logits = self.logits if drop is None else self.logits.masked_fill(drop, float("-inf"))
@@ -139,5 +179,5 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
     def extra_repr(self) -> str:
         return (
             f"n_nodes_in={self.n_nodes_in}, n_nodes={self.n_nodes}, dropout={self.dropout}, "
-            f"std_floor={self.std_floor}, backend={self.backend!r}"
+            f"std_floor={self.std_floor}, std_param={self.std_param!r}, backend={self.backend!r}"
         )

@@ -54,7 +54,7 @@ class uGMMNet(nn.Module):  # noqa: N801 - the paper's name
             ``width, width/2, ...`` (default 128, 64: the paper's MNIST network).
         dropout: component-dropout rate of the first layer (the paper's placement), or one rate
             per layer.
-        std_floor, backend: passed to every layer.
+        std_floor, std_param, backend: passed to every layer.
 
     Shape: input ``(B, n_inputs)`` or ``(B, *)`` flattening to it; output ``(B, n_outputs)``.
     """
@@ -69,15 +69,32 @@ class uGMMNet(nn.Module):  # noqa: N801 - the paper's name
         dropout: float | Sequence[float] = 0.0,
         std_floor: float = 1e-3,
         backend: str = "auto",
+        std_param: str = "exp",
     ) -> None:
         super().__init__()
         sizes = _layer_sizes(n_inputs, n_outputs, hidden, width, depth)
         rates = _per_layer_dropout(dropout, len(sizes) - 1)
         self.sizes = sizes
         self.layers = nn.ModuleList(
-            uGMMLayer(n_in, n_out, dropout=p, std_floor=std_floor, backend=backend)
+            uGMMLayer(n_in, n_out, dropout=p, std_floor=std_floor, backend=backend, std_param=std_param)
             for n_in, n_out, p in zip(sizes[:-1], sizes[1:], rates)
         )
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Initialise layer by layer from a data sample (:meth:`uGMMLayer.init_from_data`).
+
+        Each layer starts on the outputs of the already initialised layers below it, so the means
+        of deep layers sit where their inputs, log-densities of a few hundred in magnitude, actually
+        are rather than near 0 as N(0, 1) would put them.
+
+        Args:
+            x: ``(N, n_inputs)`` (or flattening to it) training inputs, N >= 2; a few thousand suffice.
+        """
+        h = x.flatten(1)
+        for layer in self.layers:
+            layer.init_from_data(h, generator=generator)
+            h = layer(h, drop=torch.zeros(layer.n_nodes, layer.n_nodes_in, dtype=torch.bool, device=h.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
