@@ -186,7 +186,13 @@ def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
     net = _choice(cfg, "model.net", NETS)
     _int(cfg, "model.width", 1)
     _int(cfg, "model.depth", 0)
-    _float(cfg, "model.dropout", 0.0, 1.0)
+    dropout = _value(cfg, "model.dropout")
+    if OmegaConf.is_list(dropout):
+        # one rate per layer (len = depth + 1); the network checks the length
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p < 1.0 for p in dropout):
+            raise ConfigError(f"model.dropout={list(dropout)} must hold rates in [0, 1), one per layer")
+    else:
+        _float(cfg, "model.dropout", 0.0, 1.0)
     if net == "ugmm":
         _float(cfg, "model.std_floor", 0.0, math.inf)
         if _value(cfg, "model.std_param") is not None:
