@@ -10,17 +10,23 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from ugmm.modules.base import BaseModule, build_net, plain
 from ugmm.nn import log_joint, log_joint_all
+from ugmm.uncertainty import log_marginal
 
 
 class DensityModel(BaseModule):
     """A uGMM-NN with one output node modelling ``log p(x, y)``; loss = ``-mean log p(x, y)``.
 
-    The label is appended to the features as one more input (its class index as a float), as in
-    the paper's generative mode. Classification is MAP inference over the label: ``log p(x, y=c)``
-    for every class in one batched call (:func:`ugmm.nn.log_joint_all`), then the argmax; the
-    softmax of those scores is the posterior ``p(y | x)`` used for the calibration error.
+    The label is appended to the features as one more input, as in the paper's generative mode: its
+    class index as a float, times ``model.label_scale`` (default 1, the paper's encoding). Among 784
+    pixels the label is one component of 785 in every first-layer neuron; a larger scale spaces the
+    classes further apart relative to the components' sigmas (and the sigma floor).
 
-    Args: as :class:`~ugmm.modules.Classifier`; ``model.net`` must be ``ugmm``.
+    Classification is MAP inference over the label: ``log p(x, y=c)`` for every class in one batched
+    call (:func:`ugmm.nn.log_joint_all`), then the argmax; the softmax of those scores is the
+    posterior ``p(y | x)`` used for the calibration error. :meth:`log_marginal` gives ``log p(x)``.
+
+    Args: as :class:`~ugmm.modules.Classifier`; ``model.net`` must be ``ugmm``; ``model.label_scale``
+    (default 1) scales the label's value.
 
     Logs ``{train,val,test}/nll`` (the loss, per row), ``{val,test}/loglik`` (mean log p(x, y)),
     ``/acc`` (MAP accuracy), ``/ece``, ``val/acc_best`` and ``train/loss``.
@@ -38,9 +44,15 @@ class DensityModel(BaseModule):
         model = plain(model)
         if model.get("net", "ugmm") != "ugmm":
             raise ValueError(f"loss=nll needs model=ugmm (a density model), got model.net={model.get('net')}")
+        label_scale = float(model.get("label_scale", 1.0))
+        if not label_scale > 0.0:
+            raise ValueError(f"model.label_scale must be > 0, got {label_scale}")
         super().__init__("nll", n_features, n_classes, model, optimizer, scheduler, data)
+        self.label_scale = label_scale
         self.net = build_net(model, int(n_features) + 1, 1)
-        self.register_buffer("states", torch.arange(int(n_classes), dtype=torch.float32), persistent=False)
+        # the label column's value for each class: class index * label_scale
+        states = torch.arange(int(n_classes), dtype=torch.float32) * label_scale
+        self.register_buffer("states", states, persistent=False)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_nll", MeanMetric())
         for stage in ("val", "test"):
@@ -49,17 +61,28 @@ class DensityModel(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Joint scores ``log p(x, y=c)`` for every class, ``(B, n_classes)``."""
+        return log_joint_all(self.net, self._with_label_column(x), var_index=-1, states=self.states).T
+
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x) = logsumexp_c log p(x, y=c)``, ``(B,)``: the out-of-distribution score."""
+        return log_marginal(self.net, self._with_label_column(x), var_index=-1, states=self.states)
+
+    @staticmethod
+    def _with_label_column(x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        with_label = torch.cat([x, x.new_zeros(len(x), 1)], dim=1)  # the label column's value is ignored
-        return log_joint_all(self.net, with_label, var_index=-1, states=self.states).T
+        return torch.cat([x, x.new_zeros(len(x), 1)], dim=1)  # the label column's value is ignored
 
     def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Features and the label's class index as one more column, ``(B, n_features + 1)``."""
-        return torch.cat([x.flatten(1), y.to(x.dtype).unsqueeze(1)], dim=1)
+        """Features and the label's value (class index * label_scale) as one more column, ``(B, n_features + 1)``."""
+        return torch.cat([x.flatten(1), self.label_value(y, x.dtype).unsqueeze(1)], dim=1)
+
+    def label_value(self, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The label column's value of class indices ``y`` (B,): ``y * label_scale``, shape (B,)."""
+        return y.to(dtype) * self.label_scale
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = -log_joint(self.net, x.flatten(1), y).mean()
+        loss = -log_joint(self.net, x.flatten(1), self.label_value(y, x.dtype)).mean()
         self.train_nll(loss.detach(), weight=len(y))
         self.log("train/nll", self.train_nll, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
