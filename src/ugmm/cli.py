@@ -78,6 +78,12 @@ def build_datamodule(data: Any) -> LightningDataModule:
     )
 
 
+def loss_options(loss: Any) -> dict:
+    """The loss group's settings besides its name, as keyword arguments of its LightningModule
+    (``loss=nll``: ``conditional_weight``)."""
+    return {k: v for k, v in dict(plain(loss)).items() if k != "name"}
+
+
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
     """Instantiate every ``callbacks.<name>`` with a ``_target_`` (null entries are switched off)."""
     callbacks = []
@@ -188,6 +194,7 @@ def train(cfg: DictConfig) -> float:
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
         data=cfg.data,
+        **loss_options(cfg.loss),
     )
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))

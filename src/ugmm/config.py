@@ -205,6 +205,8 @@ def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
     loss = _choice(cfg, "loss.name", LOSSES)
     if loss == "nll" and net != "ugmm":
         raise ConfigError(f"loss=nll needs model=ugmm (a density model over features and label), got model={net}")
+    if loss == "nll" and _value(cfg, "loss.conditional_weight") is not None:
+        _float(cfg, "loss.conditional_weight", 0.0, math.inf)
     _choice(cfg, "optimizer.name", OPTIMIZERS)
     _float(cfg, "optimizer.lr", 0.0, math.inf, low_open=True)
     _float(cfg, "optimizer.weight_decay", 0.0, math.inf)

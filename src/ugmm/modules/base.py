@@ -96,9 +96,11 @@ class BaseModule(LightningModule):
         optimizer: Mapping,
         scheduler: Mapping | None,
         data: Mapping | None,
+        extra: Mapping | None = None,
     ) -> None:
         super().__init__()
-        # plain containers only: checkpoints must load with weights_only=True
+        # plain containers only: checkpoints must load with weights_only=True; ``extra`` holds a
+        # subclass's own constructor arguments, so load_from_checkpoint passes them back
         self.save_hyperparameters(
             {
                 "n_features": int(n_features),
@@ -108,6 +110,7 @@ class BaseModule(LightningModule):
                 "scheduler": plain(scheduler),
                 "data": plain(data),
                 "loss": loss,
+                **plain(dict(extra or {})),
             }
         )
         # persistent, so a resumed run keeps the best accuracy seen before the interruption

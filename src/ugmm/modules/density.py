@@ -28,8 +28,17 @@ class DensityModel(BaseModule):
     Args: as :class:`~ugmm.modules.Classifier`; ``model.net`` must be ``ugmm``; ``model.label_scale``
     (default 1) scales the label's value.
 
-    Logs ``{train,val,test}/nll`` (the loss, per row), ``{val,test}/loglik`` (mean log p(x, y)),
-    ``/acc`` (MAP accuracy), ``/ece``, ``val/acc_best`` and ``train/loss``.
+    ``conditional_weight`` (``loss.conditional_weight``, default 0: pure likelihood, the paper's)
+    trains the hybrid generative-discriminative objective ``-log p(x, y) - w log p(y | x)``, with
+    ``p(y | x)`` the softmax of the MAP scores over the classes. Why: the network's ``p(x, y)`` is not
+    normalised over the label, so likelihood alone never lowers the score of a *wrong* label; once
+    the output's sigmas reach their floor the likelihood saturates and the MAP decision drifts (on
+    Iris, test accuracy then varies from 63% to 97% with the seed). A small w (0.1) supplies that
+    contrast while the model stays a density over features and label, classified by MAP.
+
+    Logs ``{train,val,test}/nll`` (per row: ``-log p(x, y)``), ``{val,test}/loglik`` (mean log p(x, y)),
+    ``/acc`` (MAP accuracy), ``/ece``, ``val/acc_best``, ``train/loss`` (the objective) and, with a
+    conditional weight, ``train/cond_nll`` (``-log p(y | x)``).
     """
 
     def __init__(
@@ -40,14 +49,27 @@ class DensityModel(BaseModule):
         optimizer: Mapping,
         scheduler: Mapping | None = None,
         data: Mapping | None = None,
+        conditional_weight: float = 0.0,
     ) -> None:
         model = plain(model)
+        if not float(conditional_weight) >= 0.0:
+            raise ValueError(f"loss.conditional_weight must be >= 0, got {conditional_weight}")
         if model.get("net", "ugmm") != "ugmm":
             raise ValueError(f"loss=nll needs model=ugmm (a density model), got model.net={model.get('net')}")
         label_scale = float(model.get("label_scale", 1.0))
         if not label_scale > 0.0:
             raise ValueError(f"model.label_scale must be > 0, got {label_scale}")
-        super().__init__("nll", n_features, n_classes, model, optimizer, scheduler, data)
+        super().__init__(
+            "nll",
+            n_features,
+            n_classes,
+            model,
+            optimizer,
+            scheduler,
+            data,
+            extra={"conditional_weight": float(conditional_weight)},
+        )
+        self.conditional_weight = float(conditional_weight)
         self.label_scale = label_scale
         self.net = build_net(model, int(n_features) + 1, 1)
         # the label column's value for each class: class index * label_scale
@@ -82,8 +104,14 @@ class DensityModel(BaseModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = -log_joint(self.net, x.flatten(1), self.label_value(y, x.dtype)).mean()
-        self.train_nll(loss.detach(), weight=len(y))
+        nll = -log_joint(self.net, x.flatten(1), self.label_value(y, x.dtype)).mean()
+        loss = nll
+        if self.conditional_weight > 0.0:
+            # -log p(y | x) over the MAP scores (full mixtures, as at inference: no component dropout)
+            cond_nll = torch.nn.functional.cross_entropy(self(x), y)
+            loss = nll + self.conditional_weight * cond_nll
+            self.log("train/cond_nll", cond_nll.detach(), on_step=False, on_epoch=True)
+        self.train_nll(nll.detach(), weight=len(y))
         self.log("train/nll", self.train_nll, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss

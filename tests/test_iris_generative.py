@@ -1,0 +1,55 @@
+"""The generative Iris model: the hybrid objective (loss.conditional_weight) and the paper_iris experiment."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning
+import pytest
+import torch
+
+from ugmm.config import ConfigError, validate_train_config
+from ugmm.modules import DensityModel
+from ugmm.nn import log_joint
+from ugmm_helpers import make_cfg
+
+MODEL = {"net": "ugmm", "width": 6, "depth": 1, "dropout": 0.0, "std_floor": 0.1, "backend": "reference"}
+ADAM = {"name": "adam", "lr": 0.01}
+
+
+def _step(model: DensityModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # self.log without a Trainer: only a warning, the loss is what counts
+        warnings.simplefilter("ignore")
+        return model.training_step((x, y), 0)
+
+
+def test_conditional_weight_adds_the_label_posterior():
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    torch.manual_seed(0)
+    pure = DensityModel(4, 3, MODEL, ADAM)
+    torch.manual_seed(0)
+    hybrid = DensityModel(4, 3, MODEL, ADAM, conditional_weight=0.5)
+    nll = -log_joint(pure.net, x, y.float()).mean()
+    torch.testing.assert_close(_step(pure, x, y), nll)
+    # -log p(x, y) - w log p(y | x), p(y | x) the softmax of the MAP scores log p(x, c)
+    cond = torch.nn.functional.cross_entropy(hybrid(x), y)
+    torch.testing.assert_close(_step(hybrid, x, y), nll + 0.5 * cond)
+    # the extra term reaches every parameter of the network through the MAP scores
+    _step(hybrid, x, y).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hybrid.net.parameters())
+
+
+def test_conditional_weight_is_kept_in_the_checkpoint(tmp_path):
+    model = DensityModel(4, 3, MODEL, ADAM, conditional_weight=0.25)
+    path = tmp_path / "m.ckpt"
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    torch.save({**checkpoint, "pytorch-lightning_version": lightning.__version__}, path)
+    loaded = DensityModel.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.conditional_weight == 0.25
+
+
+def test_bad_conditional_weight():
+    with pytest.raises(ValueError, match="loss.conditional_weight must be >= 0, got -1"):
+        DensityModel(4, 3, MODEL, ADAM, conditional_weight=-1.0)
+    with pytest.raises(ConfigError, match=r"^loss.conditional_weight=-0.5 is out of range: must be in \[0, inf\)$"):
+        validate_train_config(make_cfg(["experiment=paper_iris", "loss.conditional_weight=-0.5"]))
