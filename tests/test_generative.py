@@ -48,12 +48,37 @@ def test_label_scale_sets_the_label_column_and_the_map_states():
     torch.testing.assert_close(scaled.log_marginal(x), torch.logsumexp(joint, dim=1))
 
 
-def test_label_scale_must_be_positive():
-    with pytest.raises(ValueError, match="label_scale must be > 0"):
-        DensityModel(5, 3, model={**MODEL, "label_scale": 0.0}, optimizer=OPT)
-    cfg = make_cfg(["data=iris", "loss=nll", "model.label_scale=-1"])
-    with pytest.raises(ConfigError, match="model.label_scale=-1"):
+@pytest.mark.parametrize("key", ["label_scale", "label_std"])
+def test_label_options_must_be_positive(key):
+    with pytest.raises(ValueError, match=f"{key} must be > 0"):
+        DensityModel(5, 3, model={**MODEL, key: 0.0}, optimizer=OPT)
+    cfg = make_cfg(["data=iris", "loss=nll", f"model.{key}=-1"])
+    with pytest.raises(ConfigError, match=f"model.{key}=-1"):
         validate_train_config(cfg, check_files=False)
+
+
+@pytest.mark.parametrize("std_param", ["exp", "softplus"])
+def test_set_label_std_narrows_only_the_label_components(std_param):
+    model = DensityModel(5, 3, model={**MODEL, "label_scale": 10.0, "std_param": std_param}, optimizer=OPT)
+    first = model.net.layers[0]
+    pixels = first.stds[:, :-1].clone()
+    model.set_label_std(0.3)  # classes are 10 apart: sigma 3
+    torch.testing.assert_close(first.stds[:, -1], torch.full((6,), 3.0))
+    torch.testing.assert_close(first.stds[:, :-1], pixels)
+    with pytest.raises(ValueError, match="must exceed model.std_floor"):
+        model.set_label_std(0.005)  # sigma 0.05 < the floor 0.1
+
+
+def test_label_std_is_applied_at_train_start(tmp_path):
+    # lr 1e-9: one epoch of Adam moves no sigma measurably, so the checkpoint shows the start
+    overrides = ["data=iris", "loss=nll", "model.width=4", "model.init=data", "model.label_std=0.5"]
+    overrides += ["model.std_floor=0.1", "trainer.max_epochs=1", "optimizer.lr=1e-9", "logger=none"]
+    cfg = make_cfg([f"paths.log_dir={tmp_path / 'logs'}", *QUIET, *overrides])
+    train(cfg)
+    ckpt = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["best_ckpt"]
+    first = DensityModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).net.layers[0]
+    torch.testing.assert_close(first.stds[:, -1], torch.full((4,), 0.5), atol=1e-5, rtol=0)
+    assert not torch.allclose(first.stds[:, :-1], torch.tensor(0.5))  # the features keep the data's spread
 
 
 @pytest.fixture(scope="module")

@@ -201,6 +201,8 @@ def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
             _choice(cfg, "model.init", INITS)
         if _value(cfg, "model.label_scale") is not None:
             _float(cfg, "model.label_scale", 0.0, math.inf, low_open=True)
+        if _value(cfg, "model.label_std") is not None:
+            _float(cfg, "model.label_std", 0.0, math.inf, low_open=True)
         _choice(cfg, "model.backend", BACKENDS)
     loss = _choice(cfg, "loss.name", LOSSES)
     if loss == "nll" and net != "ugmm":

@@ -26,7 +26,8 @@ class DensityModel(BaseModule):
     posterior ``p(y | x)`` used for the calibration error. :meth:`log_marginal` gives ``log p(x)``.
 
     Args: as :class:`~ugmm.modules.Classifier`; ``model.net`` must be ``ugmm``; ``model.label_scale``
-    (default 1) scales the label's value.
+    (default 1) scales the label's value; ``model.label_std`` (default null: the initialisation's
+    own) sets the label components' sigma, in classes, at the start of training (:meth:`set_label_std`).
 
     ``conditional_weight`` (``loss.conditional_weight``, default 0: pure likelihood, the paper's)
     trains the hybrid generative-discriminative objective ``-log p(x, y) - w log p(y | x)``, with
@@ -59,6 +60,9 @@ class DensityModel(BaseModule):
         label_scale = float(model.get("label_scale", 1.0))
         if not label_scale > 0.0:
             raise ValueError(f"model.label_scale must be > 0, got {label_scale}")
+        label_std = model.get("label_std")
+        if label_std is not None and not float(label_std) > 0.0:
+            raise ValueError(f"model.label_std must be > 0 or null, got {label_std}")
         super().__init__(
             "nll",
             n_features,
@@ -71,6 +75,7 @@ class DensityModel(BaseModule):
         )
         self.conditional_weight = float(conditional_weight)
         self.label_scale = label_scale
+        self.label_std = None if label_std is None else float(label_std)
         self.net = build_net(model, int(n_features) + 1, 1)
         # the label column's value for each class: class index * label_scale
         states = torch.arange(int(n_classes), dtype=torch.float32) * label_scale
@@ -101,6 +106,26 @@ class DensityModel(BaseModule):
     def label_value(self, y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The label column's value of class indices ``y`` (B,): ``y * label_scale``, shape (B,)."""
         return y.to(dtype) * self.label_scale
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # model.init
+        if self.label_std is not None and self.trainer.ckpt_path is None:  # a resumed run keeps its sigmas
+            self.set_label_std(self.label_std)
+
+    @torch.no_grad()
+    def set_label_std(self, std: float) -> None:
+        """Set every first-layer neuron's label component to sigma = ``std`` classes (``std * label_scale``).
+
+        Why: ``model.init=data`` gives the label's component the label's spread over the data (about 2.9
+        classes on MNIST), so it barely tells the classes apart; a narrow one (e.g. 0.3) makes each
+        neuron prefer its own prototype's class.
+        """
+        first = self.net.layers[0]
+        sigma = float(std) * self.label_scale
+        if not sigma > first.std_floor:
+            raise ValueError(f"label_std * label_scale = {sigma:g} must exceed model.std_floor={first.std_floor:g}")
+        excess = torch.full_like(first.raw_std[:, -1], sigma - first.std_floor)
+        first.raw_std[:, -1] = first._raw_from_std(excess)  # the layer's own inverse of its parameterisation
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
