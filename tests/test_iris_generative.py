@@ -8,6 +8,7 @@ import lightning
 import pytest
 import torch
 
+from ugmm.cli import build_datamodule
 from ugmm.config import ConfigError, validate_train_config
 from ugmm.modules import DensityModel
 from ugmm.nn import log_joint
@@ -53,3 +54,13 @@ def test_bad_conditional_weight():
         DensityModel(4, 3, MODEL, ADAM, conditional_weight=-1.0)
     with pytest.raises(ConfigError, match=r"^loss.conditional_weight=-0.5 is out of range: must be in \[0, inf\)$"):
         validate_train_config(make_cfg(["experiment=paper_iris", "loss.conditional_weight=-0.5"]))
+
+
+def test_paper_iris_uses_the_reference_split():
+    cfg = make_cfg(["experiment=paper_iris"])
+    validate_train_config(cfg, check_files=False)
+    dm = build_datamodule(cfg.data)
+    dm.setup()
+    # the 30 rows of train_test_split(test_size=0.2, random_state=42), whatever the validation share
+    assert (cfg.data.split, len(dm.splits["test"]), cfg.loss.name) == ("reference", 30, "nll")
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 120
