@@ -10,6 +10,7 @@ import torch
 
 from ugmm.cli import build_datamodule
 from ugmm.config import ConfigError, validate_train_config
+from ugmm.data import TabularDataModule
 from ugmm.modules import DensityModel
 from ugmm.nn import log_joint
 from ugmm_helpers import make_cfg
@@ -64,3 +65,22 @@ def test_paper_iris_uses_the_reference_split():
     # the 30 rows of train_test_split(test_size=0.2, random_state=42), whatever the validation share
     assert (cfg.data.split, len(dm.splits["test"]), cfg.loss.name) == ("reference", 30, "nll")
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 120
+
+
+def test_hybrid_objective_classifies_the_reference_test_rows():
+    # paper_iris in miniature (plain loop, 300 full-batch steps): data init + conditional weight 0.1
+    # measured 97-100% on the 30 reference test rows for seeds 0-4; the bound leaves room for backends
+    dm = TabularDataModule(split="reference", val_fraction=0.0)
+    dm.setup()
+    (x, y), (x_test, y_test) = (dm.splits["train"].x, dm.splits["train"].y), (dm.splits["test"].x, dm.splits["test"].y)
+    torch.manual_seed(0)
+    model = DensityModel(4, 3, {**MODEL, "width": 10, "depth": 2}, ADAM, conditional_weight=0.1)
+    model.net.init_from_data(model.net_inputs(x, y))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        _step(model, x, y).backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
+    assert accuracy >= 0.9, accuracy
