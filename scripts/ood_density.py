@@ -11,7 +11,8 @@ marginalised) and compares the MNIST test images with shifted copies of them:
 Shifts are made on the raw [0, 1] pixels, then the checkpoint's data normalisation is applied, so every
 set reaches the network exactly as the test images do. Prints and writes (``--out``) JSON with the mean
 log-likelihood of each set and the AUROC of in- vs out-of-distribution (1 = log p(x) ranks every test
-image above every shifted one, 0.5 = no separation)::
+image above every shifted one, 0.5 = no separation), and the largest score the network can output at
+all (``score_upper_bound``; scores pinned to it mean a collapsed output node)::
 
     python scripts/ood_density.py logs/mnist_generative/runs/<run>/checkpoints/epoch_009.ckpt --out ood.json
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import torch
 from ugmm.cli import build_datamodule
 from ugmm.data.mnist import MNIST_FAMILY, load_split
 from ugmm.modules import DensityModel
+from ugmm.ops.reference import LOG_SQRT_2PI
 from ugmm.uncertainty import add_gaussian_noise, noise_images, ood_auroc, rotate_images
 
 
@@ -43,6 +46,17 @@ def load_density_model(ckpt: str | Path) -> DensityModel:
 def score(model: DensityModel, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``log p(x)`` (:meth:`DensityModel.log_marginal`) of normalised images ``(N, 1, 28, 28)``, shape (N,)."""
     return torch.cat([model.log_marginal(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def score_upper_bound(model: DensityModel) -> float:
+    """The largest ``log p(x)`` the network can output for any input: ``log C + log sum_k pi_k / sigma_k
+    - log sqrt(2 pi)`` over the output node's components (each density peaks at ``1 / (sigma sqrt(2 pi))``).
+
+    Scores near it mean the output node sits on its peak for every input (collapsed), whatever x is.
+    """
+    top = model.net.layers[-1]
+    peak = torch.logsumexp(top.log_weights[0] - top.stds[0].log(), dim=0) - LOG_SQRT_2PI
+    return (peak + math.log(len(model.states))).item()
 
 
 def shifted_sets(pixels: torch.Tensor, degrees: float, noise_std: float, seed: int) -> dict[str, torch.Tensor]:
@@ -88,6 +102,7 @@ def ood_report(
         "data": datamodule.name,
         "n": len(raw),
         "score": "log p(x) = logsumexp_y log p(x, y) (label marginalised)",
+        "score_upper_bound": score_upper_bound(model),
         "in_distribution": {"set": "test", "mean_loglik": scores_in.mean().item(), "std": scores_in.std().item()},
         "shifts": {},
     }

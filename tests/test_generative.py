@@ -127,6 +127,7 @@ def test_ood_script_on_the_checkpoint(generative_run, tmp_path):
     assert report["n"] == 40 and report["data"] == "MNIST"
     assert set(report["shifts"]) == {"rotate90", "uniform_noise", "gaussian_noise0.3"}
     assert math.isfinite(report["in_distribution"]["mean_loglik"])
+    assert report["in_distribution"]["mean_loglik"] <= report["score_upper_bound"]
     for shift in report["shifts"].values():
         assert math.isfinite(shift["mean_loglik"]) and 0.0 <= shift["auroc"] <= 1.0
     # the score is the model's own log p(x) of the normalised test images: recompute its mean by hand
