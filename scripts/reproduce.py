@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -232,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
     if args.label and len(args.experiments) != 1:
         parser.error("--label names the runs of one experiment; give exactly one with --experiments")
+    if args.label and not re.fullmatch(r"[A-Za-z0-9._+-]+", args.label):
+        # it becomes a folder in a Hydra override (hydra.run.dir=...), where , ( ) = and spaces have meaning
+        parser.error(f"--label {args.label!r} may hold only letters, digits and . _ + -")
     out = args.out or REPO / "logs" / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,12 @@ def test_quick_run_through_train_py(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "unknown experiment" in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["--label", "a (b)"], ["--label", "x", "--experiments", "paper_iris", "mnist_mlp"]])
+def test_bad_labels_are_usage_errors(argv, capsys):
+    if "--experiments" not in argv:
+        argv = [*argv, "--experiments", "paper_iris"]
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(argv)
+    assert exit_info.value.code == 2 and "--label" in capsys.readouterr().err
