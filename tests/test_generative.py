@@ -3,7 +3,6 @@ and scripts/ood_density.py on the checkpoint it writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,27 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
 from ugmm.cli import train
 from ugmm.config import ConfigError, validate_train_config
 from ugmm.data.mnist import PIXEL_STATS, Normalize, load_split
 from ugmm.modules import DensityModel
 from ugmm.nn import log_joint
-from ugmm_helpers import make_cfg, write_fake_mnist
+from ugmm_helpers import load_script, make_cfg, write_fake_mnist
 
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false"]
 MODEL = {"net": "ugmm", "width": 6, "depth": 1, "dropout": 0.0, "std_floor": 0.1}
 OPT = {"name": "adam", "lr": 0.01}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ood_density", REPO / "scripts" / "ood_density.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ood_density = _load_script()
+ood_density = load_script("ood_density")
 
 
 def test_label_scale_sets_the_label_column_and_the_map_states():

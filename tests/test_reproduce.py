@@ -1,6 +1,5 @@
 """scripts/reproduce.py: the statistics by hand, and one quick run through the real train.py."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -9,16 +8,9 @@ import sys
 import pytest
 
 from conftest import REPO
+from ugmm_helpers import load_script
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load_script()
+reproduce = load_script("reproduce")
 
 
 def test_mean_std_is_the_sample_std():

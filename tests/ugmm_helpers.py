@@ -1,9 +1,11 @@
-"""Helpers for the training tests: composing configs in-process and writing tiny MNIST IDX files."""
+"""Helpers for the tests: composing configs in-process, writing tiny MNIST IDX files, importing scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from hydra import compose, initialize_config_module
@@ -40,3 +42,12 @@ def write_fake_mnist(root: Path, name: str = "MNIST", n_train: int = 240, n_test
         write_idx(root / name / "raw" / image_file, images)
         write_idx(root / name / "raw" / label_file, labels)
     return root
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
