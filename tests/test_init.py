@@ -67,7 +67,7 @@ def test_network_init_from_data_goes_layer_by_layer():
     net.train()  # dropout must not touch the initialisation
     net.init_from_data(x, generator=gen)
     with torch.no_grad():
-        h1 = net.layers[0](x, drop=torch.zeros(5, 10, dtype=torch.bool))
+        h1 = net.layers[0](x, drop=False)
     assert all(any(torch.equal(m, row) for row in h1) for m in net.layers[1].means)
     # the second layer now sits where its inputs are (log-densities), not around 0
     assert (net.layers[1].means.mean() - h1.mean()).abs() < 3 * h1.std()

@@ -153,3 +153,12 @@ def test_paper_readme_usage_trains_one_step():
     loss.backward()
     opt.step()
     assert math.isfinite(loss.item())
+
+
+def test_drop_false_keeps_every_component_in_training_mode():
+    layer = uGMMLayer(6, 4, dropout=0.9, backend="reference").train()
+    x = torch.randn(5, 6)
+    full = layer.eval()(x)
+    layer.train()
+    torch.testing.assert_close(layer(x, drop=False), full)
+    assert not torch.allclose(layer(x), full)  # the default still samples a mask at p = 0.9

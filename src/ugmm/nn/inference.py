@@ -56,12 +56,8 @@ def log_joint_all(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.T
         n_states, batch = h.shape[:2]
         h = h.reshape(n_states * batch, -1)
         for layer in rest:
-            h = layer(h, drop=_no_drop(layer))  # inference never drops components
+            h = layer(h, drop=False)  # inference never drops components
         return h.reshape(n_states, batch)
-
-
-def _no_drop(layer: uGMMLayer) -> torch.Tensor:
-    return torch.zeros(layer.n_nodes, layer.n_nodes_in, dtype=torch.bool, device=layer.logits.device)
 
 
 def predict(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Tensor) -> torch.Tensor:

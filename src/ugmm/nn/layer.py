@@ -162,16 +162,19 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             return None
         return component_dropout_mask(self.n_nodes, self.n_nodes_in, self.dropout, device=self.logits.device)
 
-    def forward(self, x: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, drop: torch.Tensor | bool | None = None) -> torch.Tensor:
         """Log-densities ``(B, n_nodes)`` of inputs ``x`` ``(B, n_nodes_in)``.
 
-        ``drop`` overrides the dropout mask (boolean ``(n_nodes, n_nodes_in)``, True = dropped);
-        by default one is sampled in training mode when ``dropout > 0``.
+        ``drop``: None samples a dropout mask in training mode (when ``dropout > 0``); False keeps
+        every component whatever the mode (inference, initialisation); a boolean tensor
+        ``(n_nodes, n_nodes_in)`` (True = dropped) is used as the mask.
         """
         if x.dim() != 2 or x.shape[1] != self.n_nodes_in:
             raise ValueError(f"uGMMLayer expects input of shape (B, {self.n_nodes_in}), got {tuple(x.shape)}")
         if drop is None:
             drop = self.sample_dropout_mask()
+        elif drop is False:
+            drop = None
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(self.mean.dtype)
             return mixture_loglik(x, self.mean, self._stds(), self._log_weights(drop), backend=self.backend)

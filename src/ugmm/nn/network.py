@@ -94,7 +94,7 @@ class uGMMNet(nn.Module):  # noqa: N801 - the paper's name
         h = x.flatten(1)
         for layer in self.layers:
             layer.init_from_data(h, generator=generator)
-            h = layer(h, drop=torch.zeros(layer.n_nodes, layer.n_nodes_in, dtype=torch.bool, device=h.device))
+            h = layer(h, drop=False)  # the full mixtures, even in training mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
