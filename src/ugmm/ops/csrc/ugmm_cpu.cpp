@@ -31,6 +31,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -211,13 +213,339 @@ void backward_dense(const T* g, const T* x, const T* mu, const T* is, const T* c
   }
 }
 
-// ---- inputs that are exactly 0 (sparse-constant inputs) ---------------------------------------------------
-
 // Shifted sums below exp(kLogMin) are recomputed exactly: their terms would have lost precision to underflow.
 template <typename T>
 constexpr T kLogMin = T(-46);  // float: e^-46 ~ 1e-20, terms 1e-18 below the largest still normal
 template <>
 constexpr double kLogMin<double> = -460.0;  // ~1e-200
+
+// ---- AVX-512 float kernels of the dense path -------------------------------------------------------------
+//
+// Work in base 2: with L = log2(e), a = inv_sigma sqrt(L / 2) and zz = (x - mu) a, the exponent of a term is
+//   q L = c L - zz^2,
+// one subtraction, one multiplication and one fused multiply-add before the exponential. The exponential is
+// 2^t = 2^n 2^f, n = round(t), f in [-1/2, 1/2], 2^f a degree-6 polynomial (relative error ~1e-7, 1-2 ulp),
+// 2^n applied with vscalefps: ten vector instructions for sixteen terms.
+//
+// Forward: one pass, shifted by the per-neuron bound m[j] = max_k c[j,k] >= every q[b,j,k] (because
+// -z^2/2 <= 0), so no term overflows and no max pass is needed; rows whose shifted sum falls below
+// exp(kLogMin) (the true max far below m[j]) are recomputed exactly by forward_rows. Each task is one neuron
+// and a tile of kFwdRows rows: the neuron's parameters are loaded once per 16 inputs for the whole tile.
+//
+// Backward: every term recomputed once, feeding all four gradients:
+//   G = g exp(q - y),  dx -= G zz K a,  sum_b G zz,  sum_b G zz^2,  sum_b G     (K = sqrt(2 / L): z = zz K)
+// and at the end dmu = K inv_sigma sum G zz, dsigma = inv_sigma (K^2 sum G zz^2 - sum G), dlog_pi = sum G.
+// Threads own disjoint row ranges (dx written in place) and accumulate the parameter sums in private
+// buffers, summed in thread order at the end (deterministic for a given thread count; no barrier per row).
+// Inside a thread: a tile of 2 neurons x 4 rows per 16 inputs: the parameter sums stay in registers over
+// the 4 rows, dx over the 2 neurons.
+
+#ifdef __AVX512F__
+}  // namespace
+#include <immintrin.h>
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// 2^t, exactly 0 below -126 (and for -inf), NaN for NaN.
+inline __attribute__((always_inline)) __m512 exp2_avx512(__m512 t) {
+  const __m512 lo = _mm512_set1_ps(-126.0f);
+  const __mmask16 live = _mm512_cmp_ps_mask(t, lo, _CMP_NLT_UQ);  // t >= -126 or NaN
+  t = _mm512_max_ps(lo, t);  // the second operand is returned for NaN: NaN stays NaN
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5337577497120947e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399859890341759e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618519805371761e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550329014658928e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+inline __mmask16 tail_mask(int64_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
+
+constexpr int64_t kFwdRows = 4;
+
+// shifted sums of rows [b0, b0 + NR) of neuron j: out[r] = sum_k 2^(C[k] - ((x[b,k] - mu[k]) a[k])^2)
+template <int NR>
+inline void fwd_tile(const float* __restrict x, const float* __restrict mu, const float* __restrict a,
+                     const float* __restrict C, int64_t b0, int64_t n_in, float* out) {
+  __m512 acc[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n_in; k += 16) {
+    const __m512 muv = _mm512_loadu_ps(mu + k), av = _mm512_loadu_ps(a + k), cv = _mm512_loadu_ps(C + k);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 zz = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + (b0 + r) * n_in + k), muv), av);
+      acc[r] = _mm512_add_ps(acc[r], exp2_avx512(_mm512_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  if (k < n_in) {
+    const __mmask16 mk = tail_mask(n_in - k);
+    const __m512 muv = _mm512_maskz_loadu_ps(mk, mu + k), av = _mm512_maskz_loadu_ps(mk, a + k);
+    const __m512 cv = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, C + k);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 zz = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + (b0 + r) * n_in + k), muv), av);
+      acc[r] = _mm512_add_ps(acc[r], exp2_avx512(_mm512_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+// natural-unit q = c - z^2 / 2, z = (x - mu) inv_sigma, the same instructions wherever a q must agree with
+// another: the exact forward rows and the backward (there exp(q - y) of a lone term must be exactly 1)
+inline __attribute__((always_inline)) __m512 q_avx512(__m512 xv, __m512 muv, __m512 isv, __m512 cv) {
+  const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, muv), isv);
+  return _mm512_fnmadd_ps(_mm512_mul_ps(z, _mm512_set1_ps(0.5f)), z, cv);  // z / 2 is exact: one rounding
+}
+
+// y of one row b and neuron j exactly: the true max, then the sum shifted by it
+float forward_row_exact_avx512(const float* __restrict xb, const float* __restrict mu, const float* __restrict is,
+                               const float* __restrict c, int64_t n_in) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  for (int64_t k = 0; k < n_in; k += 16) {
+    const __mmask16 mk = k + 16 <= n_in ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_in - k);
+    const __m512 q = q_avx512(_mm512_maskz_loadu_ps(mk, xb + k), _mm512_maskz_loadu_ps(mk, mu + k),
+                              _mm512_maskz_loadu_ps(mk, is + k),
+                              _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, c + k));
+    mx = _mm512_max_ps(mx, q);
+  }
+  const float M = _mm512_reduce_max_ps(mx);
+  if (!(M > neg_inf<float>())) return std::isnan(M) ? M : neg_inf<float>();  // every component dropped: log 0
+  const __m512 Mv = _mm512_set1_ps(M), L = _mm512_set1_ps(kLog2e);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n_in; k += 16) {
+    const __mmask16 mk = k + 16 <= n_in ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_in - k);
+    const __m512 q = q_avx512(_mm512_maskz_loadu_ps(mk, xb + k), _mm512_maskz_loadu_ps(mk, mu + k),
+                              _mm512_maskz_loadu_ps(mk, is + k),
+                              _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, c + k));
+    acc = _mm512_add_ps(acc, exp2_avx512(_mm512_mul_ps(_mm512_sub_ps(q, Mv), L)));
+  }
+  return M + std::log(_mm512_reduce_add_ps(acc));
+}
+
+void forward_dense_avx512(const float* x, const float* mu, const float* is, const float* c, float* y, int64_t B,
+                          int64_t n_out, int64_t n_in) {
+  // per-neuron shift and the base-2 tables
+  std::vector<float> m(n_out), a(n_out * n_in), C(n_out * n_in);
+  const float half_l = std::sqrt(0.5f * kLog2e);
+  at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* cj = c + j * n_in;
+      float mx = neg_inf<float>();
+      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
+      const float mj = mx > neg_inf<float>() ? mx : 0.0f;  // a neuron with every component dropped: 0
+      m[j] = mj;
+      for (int64_t k = 0; k < n_in; ++k) {
+        a[j * n_in + k] = is[j * n_in + k] * half_l;
+        C[j * n_in + k] = (cj[k] - mj) * kLog2e;
+      }
+    }
+  });
+  const int64_t n_bt = (B + kFwdRows - 1) / kFwdRows;
+  at::parallel_for(0, n_out * n_bt, grain(kFwdRows * n_in), [&](int64_t begin, int64_t end) {
+    float s[kFwdRows];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t j = t / n_bt, b0 = (t % n_bt) * kFwdRows, nr = std::min(kFwdRows, B - b0);
+      const float *muj = mu + j * n_in, *aj = a.data() + j * n_in, *Cj = C.data() + j * n_in;
+      switch (nr) {
+        case 4: fwd_tile<4>(x, muj, aj, Cj, b0, n_in, s); break;
+        case 3: fwd_tile<3>(x, muj, aj, Cj, b0, n_in, s); break;
+        case 2: fwd_tile<2>(x, muj, aj, Cj, b0, n_in, s); break;
+        default: fwd_tile<1>(x, muj, aj, Cj, b0, n_in, s); break;
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const float ls = std::log(s[r]);  // -inf for an empty sum, NaN for NaN inputs
+        if (ls >= kLogMin<float> || std::isnan(ls)) {
+          y[(b0 + r) * n_out + j] = m[j] + ls;
+        } else {  // underflowed (or every component dropped): exactly, with the true max
+          y[(b0 + r) * n_out + j] = forward_row_exact_avx512(x + (b0 + r) * n_in, muj, is + j * n_in, c + j * n_in, n_in);
+        }
+      }
+    }
+  });
+}
+
+constexpr int64_t kBwdRows = 4, kBwdNeurons = 2;
+
+// rows rows[0..NR) x neurons j0, j0 + 1; gl / yl: g and y of each (row, neuron), 0 and 0 for a dead pair.
+// P: the three parameter sums of this thread, sum G z, sum G z^2 and sum G.
+template <int NR, bool NEED_X, bool NEED_P>
+inline void bwd_tile(const float* __restrict x, const float* __restrict mu, const float* __restrict is,
+                     const float* __restrict c, const int64_t* rows, const float (*gl)[kBwdNeurons],
+                     const float (*yl)[kBwdNeurons], float* __restrict dx, float* __restrict P, int64_t j0,
+                     int64_t n_out, int64_t n_in) {
+  const int64_t PN = n_out * n_in;
+  const __m512 L = _mm512_set1_ps(kLog2e);
+  for (int64_t k = 0; k < n_in; k += 16) {
+    const __mmask16 mk = k + 16 <= n_in ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_in - k);
+    __m512 muv[kBwdNeurons], isv[kBwdNeurons], cv[kBwdNeurons];
+    __m512 s1[kBwdNeurons], s2[kBwdNeurons], s0[kBwdNeurons];
+    for (int i = 0; i < kBwdNeurons; ++i) {
+      const int64_t o = (j0 + i) * n_in + k;
+      muv[i] = _mm512_maskz_loadu_ps(mk, mu + o);
+      isv[i] = _mm512_maskz_loadu_ps(mk, is + o);
+      cv[i] = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, c + o);
+      s0[i] = s1[i] = s2[i] = _mm512_setzero_ps();
+    }
+    for (int r = 0; r < NR; ++r) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + rows[r] * n_in + k);
+      __m512 dxv = _mm512_setzero_ps();
+      for (int i = 0; i < kBwdNeurons; ++i) {
+        const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, muv[i]), isv[i]);
+        const __m512 q = _mm512_fnmadd_ps(_mm512_mul_ps(z, _mm512_set1_ps(0.5f)), z, cv[i]);  // as q_avx512
+        const __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, _mm512_set1_ps(yl[r][i])), L);
+        const __m512 G = _mm512_mul_ps(exp2_avx512(t), _mm512_set1_ps(gl[r][i]));
+        const __m512 Gz = _mm512_mul_ps(G, z);
+        if (NEED_X) dxv = _mm512_fmadd_ps(Gz, isv[i], dxv);
+        if (NEED_P) {
+          s0[i] = _mm512_add_ps(s0[i], G);
+          s1[i] = _mm512_add_ps(s1[i], Gz);
+          s2[i] = _mm512_fmadd_ps(Gz, z, s2[i]);
+        }
+      }
+      if (NEED_X) {
+        float* d = dx + rows[r] * n_in + k;
+        _mm512_mask_storeu_ps(d, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, d), dxv));
+      }
+    }
+    if (NEED_P) {
+      for (int i = 0; i < kBwdNeurons; ++i) {
+        float* p = P + (j0 + i) * n_in + k;
+        _mm512_mask_storeu_ps(p, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, p), s1[i]));
+        _mm512_mask_storeu_ps(p + PN, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, p + PN), s2[i]));
+        _mm512_mask_storeu_ps(p + 2 * PN, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, p + 2 * PN), s0[i]));
+      }
+    }
+  }
+}
+
+template <bool NEED_X, bool NEED_P>
+void backward_dense_avx512(const float* g, const float* x, const float* mu, const float* is, const float* c,
+                           const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
+                           int64_t n_in) {
+  // an odd neuron count is padded by one neuron with c = -inf and g = 0 (no contribution)
+  const int64_t n_pad = (n_out + kBwdNeurons - 1) / kBwdNeurons * kBwdNeurons, PN = n_pad * n_in;
+  std::vector<float> pad;
+  const float *mup = mu, *isp = is, *cp = c;
+  if (n_pad != n_out) {
+    pad.assign(3 * PN, 0.0f);
+    std::copy(mu, mu + n_out * n_in, pad.begin());
+    std::copy(is, is + n_out * n_in, pad.begin() + PN);
+    std::copy(c, c + n_out * n_in, pad.begin() + 2 * PN);
+    std::fill(pad.begin() + 2 * PN + n_out * n_in, pad.end(), neg_inf<float>());
+    mup = pad.data();
+    isp = pad.data() + PN;
+    cp = pad.data() + 2 * PN;
+  }
+  const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t n_rt = (B + kBwdRows - 1) / kBwdRows;
+  const int64_t row_grain = std::max<int64_t>(1, grain(kBwdRows * n_out * n_in));
+  const int64_t n_tasks = std::min<int64_t>(n_threads, (n_rt + row_grain - 1) / row_grain);
+  // private parameter sums per thread (thread t's at t * 3 PN), summed in thread order at the end
+  std::vector<float> P(NEED_P ? n_tasks * 3 * PN : 0, 0.0f);
+  at::parallel_for(0, n_rt, row_grain, [&](int64_t rt0, int64_t rt1) {
+    float* Pt = NEED_P ? P.data() + std::min<int64_t>(at::get_thread_num(), n_tasks - 1) * 3 * PN : nullptr;
+    const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
+    int64_t rows[kBwdRows];
+    float gl[kBwdRows][kBwdNeurons], yl[kBwdRows][kBwdNeurons];
+    for (int64_t j0 = 0; j0 < n_pad; j0 += kBwdNeurons) {
+      int64_t nr = 0;
+      auto flush = [&]() {
+        switch (nr) {
+          case 4: bwd_tile<4, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
+          case 3: bwd_tile<3, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
+          case 2: bwd_tile<2, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
+          case 1: bwd_tile<1, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
+          default: break;
+        }
+        nr = 0;
+      };
+      for (int64_t b = b_lo; b < b_hi; ++b) {
+        bool any = false;
+        for (int64_t i = 0; i < kBwdNeurons; ++i) {
+          const int64_t j = j0 + i;
+          const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
+          const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
+          gl[nr][i] = live ? gg : 0.0f;
+          yl[nr][i] = live ? yy : 0.0f;
+          any = any || live;
+        }
+        if (!any) continue;  // nothing to add for these neurons
+        rows[nr++] = b;
+        if (nr == kBwdRows) flush();
+      }
+      flush();
+    }
+  });
+  if (NEED_P) {
+    at::parallel_for(0, n_out * n_in, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float s1 = 0, s2 = 0, s0 = 0;
+        for (int64_t t = 0; t < n_tasks; ++t) {
+          const float* Pt = P.data() + t * 3 * PN;
+          s1 += Pt[i];
+          s2 += Pt[PN + i];
+          s0 += Pt[2 * PN + i];
+        }
+        dmu[i] = is[i] * s1;
+        dsig[i] = is[i] * (s2 - s0);
+        dlw[i] = s0;
+      }
+    });
+  }
+}
+
+// microbenchmarks of the limit (scripts/limit.py): n vectors of 16 lanes through the kernel's exp2, and
+// n rounds of 16 independent FMA chains; both on registers, parallel over threads; returns a checksum
+double bench_exp2(int64_t n) {
+  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 t0 = _mm512_setr_ps(0, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15);
+    __m512 t1 = _mm512_sub_ps(t0, _mm512_set1_ps(0.5f));
+    const __m512 step = _mm512_set1_ps(-1e-6f);
+    for (int64_t i = i0; i < i1; i += 2) {
+      acc0 = _mm512_add_ps(acc0, exp2_avx512(t0));
+      acc1 = _mm512_add_ps(acc1, exp2_avx512(t1));
+      t0 = _mm512_add_ps(t0, step);
+      t1 = _mm512_add_ps(t1, step);
+    }
+    sums[at::get_thread_num()] += _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  });
+  double s = 0;
+  for (double v : sums) s += v;
+  return s;
+}
+
+double bench_fma(int64_t n) {
+  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1.0f + i);
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (int64_t i = i0; i < i1; i += 12) {
+      for (int j = 0; j < 12; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
+    sums[at::get_thread_num()] += _mm512_reduce_add_ps(s);
+  });
+  double s = 0;
+  for (double v : sums) s += v;
+  return s;
+}
+constexpr bool kHaveAvx512 = true;
+#else
+double bench_exp2(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
+double bench_fma(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
+constexpr bool kHaveAvx512 = false;
+#endif
+
+// ---- inputs that are exactly 0 (sparse-constant inputs) ---------------------------------------------------
+
 
 // The zero-input path pays off when most inputs are exactly 0 (MNIST: ~80% of pixels).
 constexpr double kSparseMinZeroFraction = 0.5;
@@ -288,7 +616,7 @@ inline int64_t nonzeros(const T* xb, int64_t n_in, int64_t* nz) {
 // vectorised over neurons j with the parameters transposed to (n_in, n_out). Underflowed sums: exact path.
 template <typename T>
 void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c,
-                    at::Tensor& y) {
+                    at::Tensor& y, bool simd) {
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
   ZeroTables tab = zero_tables<T>(mu, is, c, false);
   at::Tensor S0 = at::mm(x.eq(0).to(x.scalar_type()), tab.E.t());  // (B, n_out)
@@ -322,6 +650,14 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
         if (ls >= kLogMin<T>) {
           py[b * n_out + j] = pm[j] + ls;
         } else {
+#ifdef __AVX512F__
+          if constexpr (std::is_same_v<T, float>) {
+            if (simd) {  // the exact rows agree with the AVX-512 backward to the last bit
+              py[b * n_out + j] = forward_row_exact_avx512(xb, pmu + j * n_in, pis + j * n_in, pc + j * n_in, n_in);
+              continue;
+            }
+          }
+#endif
           forward_rows(px, pmu + j * n_in, pis + j * n_in, pc + j * n_in, py, q.data(), b, b + 1, j, n_out, n_in);
         }
       }
@@ -334,7 +670,7 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
 template <typename T, bool NEED_X, bool NEED_P>
 bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is,
                      const at::Tensor& c, const at::Tensor& y, at::Tensor& dx, at::Tensor& dmu, at::Tensor& dsig,
-                     at::Tensor& dlw) {
+                     at::Tensor& dlw, bool simd) {
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
   ZeroTables tab = zero_tables<T>(mu, is, c, true);
   const T *pg = g.data_ptr<T>(), *py = y.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
@@ -363,6 +699,8 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
     }
   }
   if (static_cast<double>(exact.size()) > 0.05 * static_cast<double>(B * n_out)) return false;
+  // the AVX-512 forward computed those rows with its own instructions: its backward recomputes them alike
+  if (simd && !exact.empty()) return false;
 
   at::Tensor Z = x.eq(0).to(x.scalar_type());
   if (NEED_P) {
@@ -443,16 +781,29 @@ void check_inputs(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& i
 }
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& inv_sigma, const at::Tensor& c,
-                   bool use_sparse) {
+                   bool use_sparse, bool use_simd) {
   check_inputs(x, mu, inv_sigma, c);
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
   at::Tensor y = at::empty({B, n_out}, x.options());
   if (B == 0 || n_out == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ugmm_forward", [&] {
+    bool simd = false;
+#ifdef __AVX512F__
+    simd = use_simd && std::is_same_v<scalar_t, float>;
+#endif
     if (use_sparse && mostly_zero<scalar_t>(x)) {
-      forward_sparse<scalar_t>(x, mu, inv_sigma, c, y);
+      forward_sparse<scalar_t>(x, mu, inv_sigma, c, y, simd);
       return;
     }
+#ifdef __AVX512F__
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (simd) {
+        forward_dense_avx512(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
+                             c.data_ptr<float>(), y.data_ptr<float>(), B, n_out, n_in);
+        return;
+      }
+    }
+#endif
     forward_dense<scalar_t>(x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), inv_sigma.data_ptr<scalar_t>(),
                             c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, n_out, n_in);
   });
@@ -462,7 +813,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
 // Returns (dx, dmu, dsigma, dlog_weights); the ones not asked for are empty tensors.
 std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mu,
                                  const at::Tensor& inv_sigma, const at::Tensor& c, const at::Tensor& y,
-                                 bool need_x, bool need_params, bool use_sparse) {
+                                 bool need_x, bool need_params, bool use_sparse, bool use_simd) {
   check_inputs(x, mu, inv_sigma, c);
   TORCH_CHECK(g.is_contiguous() && y.is_contiguous() && g.sizes() == y.sizes() &&
                   g.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(),
@@ -479,15 +830,33 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
                                 inv_sigma.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                 ptr(dx), ptr(dmu), ptr(dsig), ptr(dlw), B, n_out, n_in);
     const bool sparse = use_sparse && mostly_zero<scalar_t>(x);
+    bool simd = false;
+#ifdef __AVX512F__
+    simd = use_simd && std::is_same_v<scalar_t, float>;
+#endif
+    auto dense = [&](auto need_x_c, auto need_p_c) {
+      constexpr bool NX = decltype(need_x_c)::value, NP = decltype(need_p_c)::value;
+#ifdef __AVX512F__
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (simd) {
+          std::apply(backward_dense_avx512<NX, NP>, args);
+          return;
+        }
+      }
+#endif
+      std::apply(backward_dense<scalar_t, NX, NP>, args);
+    };
+    using True = std::true_type;
+    using False = std::false_type;
     if (need_x && need_params) {
-      if (sparse && backward_sparse<scalar_t, true, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
-      std::apply(backward_dense<scalar_t, true, true>, args);
+      if (sparse && backward_sparse<scalar_t, true, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      dense(True{}, True{});
     } else if (need_x) {
-      if (sparse && backward_sparse<scalar_t, true, false>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
-      std::apply(backward_dense<scalar_t, true, false>, args);
+      if (sparse && backward_sparse<scalar_t, true, false>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      dense(True{}, False{});
     } else {
-      if (sparse && backward_sparse<scalar_t, false, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw)) return;
-      std::apply(backward_dense<scalar_t, false, true>, args);
+      if (sparse && backward_sparse<scalar_t, false, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      dense(False{}, True{});
     }
   });
   return {dx, dmu, dsig, dlw};
@@ -497,8 +866,11 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "uGMM log-likelihood forward (B, n_out)", py::arg("x"), py::arg("mu"),
-        py::arg("inv_sigma"), py::arg("c"), py::arg("use_sparse") = true);
+        py::arg("inv_sigma"), py::arg("c"), py::arg("use_sparse") = true, py::arg("use_simd") = true);
   m.def("backward", &backward, "uGMM log-likelihood backward: (dx, dmu, dsigma, dlog_weights)", py::arg("g"),
         py::arg("x"), py::arg("mu"), py::arg("inv_sigma"), py::arg("c"), py::arg("y"), py::arg("need_x"),
-        py::arg("need_params"), py::arg("use_sparse") = true);
+        py::arg("need_params"), py::arg("use_sparse") = true, py::arg("use_simd") = true);
+  m.def("bench_exp2", &bench_exp2, "time n 16-lane exp2 evaluations (microbenchmark)", py::arg("n"));
+  m.def("bench_fma", &bench_fma, "time n 16-lane FMAs (microbenchmark)", py::arg("n"));
+  m.attr("has_avx512") = kHaveAvx512;
 }
