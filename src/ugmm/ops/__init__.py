@@ -16,7 +16,9 @@ Every concrete backend module exposes ``is_available(device) -> bool`` and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from functools import cache
 
 import torch
@@ -24,6 +26,8 @@ import torch
 from ugmm.ops.reference import mixture_loglik_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
+# the default of mixture_loglik's ``zero_inputs`` where the caller gives none; set only by zero_input_path()
+_zero_inputs_default = True
 # fastest first, per device type
 _PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
@@ -64,24 +68,64 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
+@contextlib.contextmanager
+def zero_input_path(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`mixture_loglik` calls that give no ``zero_inputs`` use ``enabled``.
+
+    ``with zero_input_path(False): net(x)`` measures or tests the dense CPU kernel alone, whatever the
+    inputs (every uGMMLayer call inside the block). Restored on exit, also after an exception.
+    """
+    global _zero_inputs_default
+    before = _zero_inputs_default
+    _zero_inputs_default = bool(enabled)
+    try:
+        yield
+    finally:
+        _zero_inputs_default = before
+
+
 def mixture_loglik(
     x: torch.Tensor,
     means: torch.Tensor,
     stds: torch.Tensor,
     log_weights: torch.Tensor,
     backend: str = "auto",
+    zero_inputs: bool | None = None,
 ) -> torch.Tensor:
     """Log-density of every uGMM neuron for every row.
 
     Shapes: x (B, n_in); means, stds, log_weights (n_out, n_in) -> (B, n_out). ``log_weights`` may
     hold ``-inf`` (dropped components); a row of all ``-inf`` gives ``-inf``, never NaN.
+
+    ``zero_inputs`` (cpu backend): whether inputs that are exactly 0 (most MNIST pixels) may take the
+    zero-input path (same result, fewer exponentials); None: True, or what :func:`zero_input_path` set.
     """
-    name = resolve_backend(backend, x.device)
+    name = _concrete_backend(backend, x.device.type)
     if name == "reference":
         return mixture_loglik_reference(x, means, stds, log_weights)
-    if not backend_available(name, x.device):
-        raise RuntimeError(f"uGMM backend {name!r} is not available on {x.device}; use backend='auto' or 'reference'")
-    return _backend_module(name).mixture_loglik(x, means, stds, log_weights)
+    if name == "cpu":
+        from ugmm.ops import cpu  # imported by _concrete_backend; a plain import is what torch.compile traces
+
+        zero_inputs = _zero_inputs_default if zero_inputs is None else bool(zero_inputs)
+        return cpu.mixture_loglik(x, means, stds, log_weights, zero_inputs=zero_inputs)
+    from ugmm.ops import triton
+
+    return triton.mixture_loglik(x, means, stds, log_weights)
+
+
+@torch.compiler.assume_constant_result
+def _concrete_backend(backend: str, device_type: str) -> str:
+    """The concrete backend for ``device_type``, checked available (its module imported, its kernel built).
+
+    torch.compile runs this once while tracing and keeps the answer as a constant: the checks behind it
+    (a compiler build, an import) are not traceable and need not be repeated per call.
+    """
+    name = resolve_backend(backend, device_type)
+    if not backend_available(name, device_type):
+        raise RuntimeError(
+            f"uGMM backend {name!r} is not available on {device_type}; use backend='auto' or 'reference'"
+        )
+    return name
 
 
 __all__ = [
@@ -91,4 +135,5 @@ __all__ = [
     "mixture_loglik",
     "mixture_loglik_reference",
     "resolve_backend",
+    "zero_input_path",
 ]

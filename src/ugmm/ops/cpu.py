@@ -30,7 +30,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ugmm.ops.reference import LOG_SQRT_2PI
 
@@ -40,12 +39,6 @@ _SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _PORTABLE_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _LDFLAGS = ["-fopenmp"]
-
-#: Use the zero-input path when at least half of the inputs are exactly 0 (MNIST pixels: ~80%):
-#: their terms are per-(neuron, input) constants, summed by a matmul; only nonzero inputs need
-#: exponentials. Exact (rows whose shifted sum underflows are recomputed densely). Set to False to
-#: measure or test the dense kernel alone.
-ZERO_INPUT_PATH = True
 
 
 def _cpu_signature() -> str:
@@ -169,7 +162,9 @@ def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights
         raise ValueError("the cpu backend needs every tensor on the CPU")
 
 
-def _shift_background_to_zero(x: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _shift_background_to_zero(
+    x: torch.Tensor, means: torch.Tensor, zero_inputs: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Translate inputs and means so that a constant background value becomes exactly 0.
 
     The zero-input path needs exact zeros, but standardised images have their background at
@@ -177,7 +172,7 @@ def _shift_background_to_zero(x: torch.Tensor, means: torch.Tensor) -> tuple[tor
     batch minimum, when at least half the inputs equal it, the output and every gradient are unchanged
     (``x - v`` is exactly 0 where ``x == v``) while the kernel takes the fast path.
     """
-    if not ZERO_INPUT_PATH or x.numel() == 0:
+    if not zero_inputs or x.numel() == 0:
         return x, means
     v = x.min()
     if v == 0 or not torch.isfinite(v) or (x == v).sum() * 2 < x.numel():
@@ -185,53 +180,96 @@ def _shift_background_to_zero(x: torch.Tensor, means: torch.Tensor) -> tuple[tor
     return x - v, means - v
 
 
-class MixtureLoglikCPU(torch.autograd.Function):
-    """Autograd wrapper: saves x, the parameters and y (B, n_out); gradients in closed form."""
-
-    @staticmethod
-    def forward(ctx, x, means, stds, log_weights):
-        ext = _extension()
-        x, means = _shift_background_to_zero(x, means)
-        inv_sigma, c = _derived(stds, log_weights)
-        y = ext.forward(x.contiguous(), means.contiguous(), inv_sigma, c, ZERO_INPUT_PATH)
-        ctx.save_for_backward(x, means, stds, log_weights, y)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        x, means, stds, log_weights, y = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
-        need_params = any(ctx.needs_input_grad[1:4])
-        inv_sigma, c = _derived(stds, log_weights)
-        dx, dmu, dsig, dlw = _extension().backward(
-            grad_y.contiguous(),
-            x.contiguous(),
-            means.contiguous(),
-            inv_sigma,
-            c,
-            y,
-            need_x,
-            need_params,
-            ZERO_INPUT_PATH,
-        )
-        return (
-            dx if need_x else None,
-            dmu if ctx.needs_input_grad[1] else None,
-            dsig if ctx.needs_input_grad[2] else None,
-            dlw if ctx.needs_input_grad[3] else None,
-        )
+# ---- the op, registered with torch.library so that torch.compile and torch.export see one opaque node ----
+# ``ugmm::cpu_mixture_loglik`` (forward) and ``ugmm::cpu_mixture_loglik_backward`` (all four gradients in
+# one sweep); autograd connects them (register_autograd), and fake implementations give compile the shapes.
 
 
-def mixture_loglik(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("ugmm::cpu_mixture_loglik", mutates_args=(), device_types="cpu")
+def _forward_op(
+    x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor, zero_inputs: bool
+) -> torch.Tensor:
+    x, means = _shift_background_to_zero(x, means, zero_inputs)
+    inv_sigma, c = _derived(stds, log_weights)
+    return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+
+
+@_forward_op.register_fake
+def _(x, means, stds, log_weights, zero_inputs):
+    return x.new_empty(x.shape[0], means.shape[0])
+
+
+@torch.library.custom_op("ugmm::cpu_mixture_loglik_backward", mutates_args=(), device_types="cpu")
+def _backward_op(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    log_weights: torch.Tensor,
+    y: torch.Tensor,
+    need_x: bool,
+    need_params: bool,
+    zero_inputs: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dmeans, dstds, dlog_weights); the ones not asked for are empty (0,) tensors."""
+    x, means = _shift_background_to_zero(x, means, zero_inputs)
+    inv_sigma, c = _derived(stds, log_weights)
+    grads = _extension().backward(
+        grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
+        need_x, need_params, zero_inputs,
+    )  # fmt: skip
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@_backward_op.register_fake
+def _(grad_y, x, means, stds, log_weights, y, need_x, need_params, zero_inputs):
+    dx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    params = [means.new_empty(means.shape) if need_params else means.new_empty(0) for _ in range(3)]
+    return (dx, *params)
+
+
+def _setup_context(ctx, inputs, output):
+    x, means, stds, log_weights, zero_inputs = inputs
+    ctx.save_for_backward(x, means, stds, log_weights, output)
+    ctx.zero_inputs = zero_inputs
+
+
+def _backward(ctx, grad_y):
+    x, means, stds, log_weights, y = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_params = any(ctx.needs_input_grad[1:4])
+    dx, dmu, dsig, dlw = _backward_op(grad_y, x, means, stds, log_weights, y, need_x, need_params, ctx.zero_inputs)
+    return (
+        dx if need_x else None,
+        dmu if ctx.needs_input_grad[1] else None,
+        dsig if ctx.needs_input_grad[2] else None,
+        dlw if ctx.needs_input_grad[3] else None,
+        None,
+    )
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def mixture_loglik(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    log_weights: torch.Tensor,
+    zero_inputs: bool = True,
+) -> torch.Tensor:
     """``y[b, j] = logsumexp_k(log_weights[j, k] + log N(x[b, k]; means[j, k], stds[j, k]))`` fused on CPU.
 
     Shapes: x (B, n_in); means, stds, log_weights (n_out, n_in); returns (B, n_out). float32 or
     float64; differentiable in any subset of the inputs (first order). ``stds`` is sigma after any
     floor and ``log_weights`` is log pi with ``-inf`` for dropped components; a neuron whose
     ``log_weights`` are all ``-inf`` gives ``-inf`` and zero gradients, never NaN.
+
+    ``zero_inputs``: take the zero-input path when at least half of the inputs are exactly 0 (MNIST
+    pixels: ~80%): their terms are per-(neuron, input) constants, summed by a matmul; only nonzero
+    inputs need exponentials. Exact either way; False measures or tests the dense kernel alone.
     """
     _check(x, means, stds, log_weights)
-    if not is_available(x.device):
+    if not torch.compiler.is_compiling() and not is_available(x.device):
         raise RuntimeError("the fused CPU kernel is not available here (see the earlier warning); use 'reference'")
-    return MixtureLoglikCPU.apply(x, means, stds, log_weights)
+    return _forward_op(x, means, stds, log_weights, bool(zero_inputs))
