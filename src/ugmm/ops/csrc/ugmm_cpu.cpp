@@ -27,10 +27,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -103,6 +105,27 @@ constexpr int64_t kRowTile = 8;  // rows per task: the neuron's parameters stay 
 // parallel region waits for its slowest thread. at::parallel_for runs serially when one grain covers it.
 constexpr int64_t kMinTermsPerTask = 32768;
 inline int64_t grain(int64_t terms_per_item) { return std::max<int64_t>(1, kMinTermsPerTask / std::max<int64_t>(1, terms_per_item)); }
+
+// Tasks 0..n_tasks-1 handed out one at a time from a shared counter (f(task) must not care which thread runs
+// it): on a machine shared with other work a thread that loses its core delays only its current task,
+// where a static split would make every thread wait for the slowest half. Threads: at most one per
+// ``min_tasks_per_thread`` tasks (small problems run serially, no parallel region).
+template <typename F>
+void dynamic_for(int64_t n_tasks, int64_t min_tasks_per_thread, const F& f) {
+  const int64_t n_threads =
+      std::min<int64_t>(at::get_num_threads(), n_tasks / std::max<int64_t>(1, min_tasks_per_thread));
+  if (n_threads <= 1 || at::in_parallel_region()) {
+    for (int64_t t = 0; t < n_tasks; ++t) f(t);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, n_threads, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < n_tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      f(t);
+    }
+  });
+}
 
 template <typename T>
 void forward_dense(const T* x, const T* mu, const T* is, const T* c, T* y, int64_t B, int64_t n_out,
@@ -344,10 +367,11 @@ void forward_dense_avx512(const float* x, const float* mu, const float* is, cons
       }
     }
   });
-  const int64_t n_bt = (B + kFwdRows - 1) / kFwdRows;
-  at::parallel_for(0, n_out * n_bt, grain(kFwdRows * n_in), [&](int64_t begin, int64_t end) {
+  const int64_t n_bt = (B + kFwdRows - 1) / kFwdRows, n_tiles = n_out * n_bt;
+  const int64_t per_task = grain(kFwdRows * n_in), n_tasks = (n_tiles + per_task - 1) / per_task;
+  dynamic_for(n_tasks, 2, [&](int64_t task) {
     float s[kFwdRows];
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t t = task * per_task; t < std::min(n_tiles, (task + 1) * per_task); ++t) {
       const int64_t j = t / n_bt, b0 = (t % n_bt) * kFwdRows, nr = std::min(kFwdRows, B - b0);
       const float *muj = mu + j * n_in, *aj = a.data() + j * n_in, *Cj = C.data() + j * n_in;
       switch (nr) {
@@ -440,14 +464,18 @@ void backward_dense_avx512(const float* g, const float* x, const float* mu, cons
     isp = pad.data() + PN;
     cp = pad.data() + 2 * PN;
   }
+  // rows in a fixed number of blocks (two per thread, at least kMinTermsPerTask terms each), handed out
+  // dynamically; each block owns its dx rows and its parameter sums, added up in block order at the end:
+  // deterministic whichever thread ran which block
   const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t n_rt = (B + kBwdRows - 1) / kBwdRows;
-  const int64_t row_grain = std::max<int64_t>(1, grain(kBwdRows * n_out * n_in));
-  const int64_t n_tasks = std::min<int64_t>(n_threads, (n_rt + row_grain - 1) / row_grain);
-  // private parameter sums per thread (thread t's at t * 3 PN), summed in thread order at the end
-  std::vector<float> P(NEED_P ? n_tasks * 3 * PN : 0, 0.0f);
-  at::parallel_for(0, n_rt, row_grain, [&](int64_t rt0, int64_t rt1) {
-    float* Pt = NEED_P ? P.data() + std::min<int64_t>(at::get_thread_num(), n_tasks - 1) * 3 * PN : nullptr;
+  const int64_t n_blocks = std::max<int64_t>(
+      1, std::min<int64_t>(2 * n_threads, n_rt / std::max<int64_t>(1, grain(kBwdRows * n_out * n_in))));
+  std::unique_ptr<float[]> P(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
+  dynamic_for(n_blocks, 1, [&](int64_t blk) {
+    const int64_t rt0 = n_rt * blk / n_blocks, rt1 = n_rt * (blk + 1) / n_blocks;
+    float* Pt = NEED_P ? P.get() + blk * 3 * PN : nullptr;
+    if (NEED_P) std::fill(Pt, Pt + 3 * PN, 0.0f);
     const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
     int64_t rows[kBwdRows];
     float gl[kBwdRows][kBwdNeurons], yl[kBwdRows][kBwdNeurons];
@@ -484,8 +512,8 @@ void backward_dense_avx512(const float* g, const float* x, const float* mu, cons
     at::parallel_for(0, n_out * n_in, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         float s1 = 0, s2 = 0, s0 = 0;
-        for (int64_t t = 0; t < n_tasks; ++t) {
-          const float* Pt = P.data() + t * 3 * PN;
+        for (int64_t t = 0; t < n_blocks; ++t) {
+          const float* Pt = P.get() + t * 3 * PN;
           s1 += Pt[i];
           s2 += Pt[PN + i];
           s0 += Pt[2 * PN + i];
