@@ -650,11 +650,17 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
   at::Tensor S0 = at::mm(x.eq(0).to(x.scalar_type()), tab.E.t());  // (B, n_out)
   // c shifted by m[j] once, transposed: one subtraction less per term
   at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = (c - tab.m.unsqueeze(1)).t().contiguous();
+  if (simd) {  // the AVX-512 loop works in base 2
+    isT = isT * std::sqrt(0.5 * 1.4426950408889634);  // not in place: isT may share is's storage
+    cT.mul_(1.4426950408889634);
+  }
   const T *px = x.data_ptr<T>(), *pS0 = S0.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
   const T *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
   const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
   T* py = y.data_ptr<T>();
-  at::parallel_for(0, B, grain(n_out * n_in), [&](int64_t b0, int64_t b1) {
+  const int64_t rows_per_task = 8, n_tasks = (B + rows_per_task - 1) / rows_per_task;
+  dynamic_for(n_tasks, grain(rows_per_task * n_out * n_in), [&](int64_t task) {
+    const int64_t b0 = task * rows_per_task, b1 = std::min(B, b0 + rows_per_task);
     std::vector<T> acc(n_out), q(n_in);
     std::vector<int64_t> nz(n_in);
     for (int64_t b = b0; b < b1; ++b) {
@@ -667,6 +673,21 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
         const T xv = xb[k];
         const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out,
                             *__restrict ck = pcT + k * n_out;
+#ifdef __AVX512F__
+        if constexpr (std::is_same_v<T, float>) {
+          if (simd) {  // base-2 tables (isk = inv_sigma sqrt(L / 2), ck = (c - m) L): see the dense forward
+            const __m512 xvv = _mm512_set1_ps(xv);
+            for (int64_t j = 0; j < n_out; j += 16) {
+              const __mmask16 mk = j + 16 <= n_out ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_out - j);
+              const __m512 zz = _mm512_mul_ps(_mm512_sub_ps(xvv, _mm512_maskz_loadu_ps(mk, muk + j)),
+                                              _mm512_maskz_loadu_ps(mk, isk + j));
+              const __m512 t = _mm512_fnmadd_ps(zz, zz, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, ck + j));
+              _mm512_mask_storeu_ps(a + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, a + j), exp2_avx512(t)));
+            }
+            continue;
+          }
+        }
+#endif
 #pragma omp simd
         for (int64_t j = 0; j < n_out; ++j) {
           T z = (xv - muk[j]) * isk[j];
@@ -747,7 +768,9 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   at::Tensor dT = NEED_P ? at::empty({3, n_in, n_out}, x.options()) : at::Tensor();  // transposed gradients
   T* pdT = NEED_P ? dT.data_ptr<T>() : nullptr;
   const int64_t P = n_out * n_in;
-  at::parallel_for(0, n_in, grain(B * n_out), [&](int64_t k0, int64_t k1) {
+  const int64_t cols_per_task = 4, n_col_tasks = (n_in + cols_per_task - 1) / cols_per_task;
+  dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
+    const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
     std::vector<T> zero(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
     for (int64_t k = k0; k < k1; ++k) {
       const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out, *__restrict ck = pcT + k * n_out;
@@ -761,6 +784,33 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
         const T xv = px[b * n_in + k];
         if (xv == T(0)) continue;
         const T *__restrict gb = pge + b * n_out, *__restrict yb = pye + b * n_out;
+#ifdef __AVX512F__
+        if constexpr (std::is_same_v<T, float>) {
+          if (simd) {
+            const __m512 xvv = _mm512_set1_ps(xv), half = _mm512_set1_ps(0.5f), L = _mm512_set1_ps(kLog2e);
+            __m512 sxv = _mm512_setzero_ps();
+            for (int64_t j = 0; j < n_out; j += 16) {
+              const __mmask16 mk = j + 16 <= n_out ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_out - j);
+              const __m512 isv = _mm512_maskz_loadu_ps(mk, isk + j);
+              const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xvv, _mm512_maskz_loadu_ps(mk, muk + j)), isv);
+              const __m512 q = _mm512_fnmadd_ps(_mm512_mul_ps(z, half), z,
+                                                _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, ck + j));
+              const __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, _mm512_maskz_loadu_ps(mk, yb + j)), L);
+              const __m512 G = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, gb + j), exp2_avx512(t));
+              const __m512 Gs = _mm512_mul_ps(G, isv), Gzs = _mm512_mul_ps(Gs, z);
+              sxv = _mm512_add_ps(sxv, Gzs);
+              if (NEED_P) {
+                _mm512_mask_storeu_ps(amu + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, amu + j), Gzs));
+                _mm512_mask_storeu_ps(asig + j, mk,
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk, asig + j), _mm512_fmsub_ps(Gzs, z, Gs)));
+                _mm512_mask_storeu_ps(alw + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, alw + j), G));
+              }
+            }
+            if (NEED_X) pdx[b * n_in + k] -= _mm512_reduce_add_ps(sxv);
+            continue;
+          }
+        }
+#endif
         T sx = 0;
 #pragma omp simd reduction(+ : sx)
         for (int64_t j = 0; j < n_out; ++j) {
