@@ -30,7 +30,12 @@ def test_benchmark_quick(tmp_path):
             assert t["median_ms"] > 0 and t["min_ms"] > 0 and t["n"] == 3
     sizes = {r["size"] for r in report["results"] if r["kind"] == "network"}
     assert sizes == {"quick"}
-    assert any(r["kind"] == "layer" for r in report["results"])
+    layers = [r for r in report["results"] if r["kind"] == "layer"]
+    assert {r["size"].endswith("dense") for r in layers} == {True, False}  # real-data and dense layer cases
+    for r in layers:  # G terms/s per direction
+        rates = r["times"]["G_terms_per_s"]
+        assert rates["forward"] > 0 and rates["backward"] > 0 and rates["fwd_bwd"] > 0 and rates["terms"] > 0
+    assert report["omp_wait_policy"] == "PASSIVE" and report["rounds"] == 1
     # every fused backend gets ratios against the reference and the MLP
     for backend in backends - {"reference", "mlp"}:
         entry = report["ratios"]["quick"][backend]
