@@ -59,6 +59,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -326,6 +327,9 @@ def run_in_subprocess(case: dict, timeout: float) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     if case.get("omp_wait_policy"):
         env["OMP_WAIT_POLICY"] = case["omp_wait_policy"]
+    if case.get("src") and "UGMM_EXTENSIONS_DIR" not in os.environ:
+        # the baseline tree's kernel in a directory of its own: a shared one may be rebuilt by other checkouts
+        env["UGMM_EXTENSIONS_DIR"] = str(Path(tempfile.gettempdir()) / "ugmm_benchmark_baseline_ext")
     proc = subprocess.run(
         [sys.executable, __file__, "--case", json.dumps(case)],
         capture_output=True,

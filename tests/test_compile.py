@@ -64,3 +64,14 @@ def test_network_compiles_fullgraph_and_equals_eager():
     eager64 = _step(net64, x64, y)
     torch._dynamo.reset()
     _assert_close(eager64, _step(torch.compile(net64, fullgraph=True), x64, y), rtol=1e-5)
+
+
+def test_importing_the_ops_does_not_import_dynamo():
+    """torch._dynamo costs seconds at startup: the op registration must not pull it in."""
+    import subprocess
+    import sys
+
+    code = "import sys, torch, ugmm.nn, ugmm.ops.cpu; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

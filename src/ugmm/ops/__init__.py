@@ -113,7 +113,17 @@ def mixture_loglik(
     return triton.mixture_loglik(x, means, stds, log_weights)
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of torch._dynamo (~3 s at startup).
+
+    The public decorator imports dynamo and sets this attribute, which is all dynamo reads (torch 2.x);
+    tests/test_compile.py checks that compiling still sees the function as constant (fullgraph=True).
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _concrete_backend(backend: str, device_type: str) -> str:
     """The concrete backend for ``device_type``, checked available (its module imported, its kernel built).
 

@@ -58,9 +58,14 @@ def _cpu_signature() -> str:
 
 
 def extension_name(cflags: list[str] = _CFLAGS) -> str:
-    """Name of the compiled module: a hash of source, flags, CPU and torch version."""
+    """Name of the compiled module: a hash of source (text and path), flags, CPU and torch version.
+
+    The path matters: torch writes the source's absolute path into the build directory's ninja file, so two
+    checkouts of the same source sharing one name would rebuild it in turn, each waiting on the other's lock.
+    """
     digest = hashlib.sha256()
     for part in (
+        str(_SOURCE.resolve()).encode(),
         _SOURCE.read_bytes(),
         " ".join(cflags).encode(),
         _cpu_signature().encode(),
