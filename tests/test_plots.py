@@ -167,7 +167,8 @@ def test_sweep_summary(tmp_path):
 
 def test_sweep_summary_from_the_real_summary_csv(tmp_path):
     """summary.csv as the sweep summary writes it: overrides in one column, "best <monitor>", failed jobs."""
-    from ugmm.sweeps.summary import SweepSummary, write_job_metrics
+    from ugmm.integrations.sweep_summary import SweepSummary
+    from ugmm.records import write_job_metrics
 
     for num, (width, loss, best) in enumerate([(8, "nll", 0.9), (16, "nll", 0.94), (8, "cross_entropy", 0.96)]):
         write_job_metrics(
