@@ -241,9 +241,7 @@ def validate_data(cfg: DictConfig) -> None:
             except DataError as err:
                 raise ConfigError(str(err)) from None
     elif issubclass(cls, TabularDataModule):
-        if data.get("name") == "csv" and not OmegaConf.is_missing(data, "path") and not data.get("path"):
-            raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label>")
-        if data.get("name") == "csv" and OmegaConf.is_missing(data, "path"):
+        if data.get("name") == "csv" and (OmegaConf.is_missing(data, "path") or not data.get("path")):
             raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label>")
         check_node(data, TableDataSchema, "data.")
         test, val = data.get("test_fraction", 0.2), data.get("val_fraction", 0.1)
