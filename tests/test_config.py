@@ -1,4 +1,4 @@
-"""Config composition (every group option, every experiment) and validation with one-line errors."""
+"""Config composition and instantiation (every group option, every experiment) and one-line errors."""
 
 from __future__ import annotations
 
@@ -7,11 +7,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision
 
 from conftest import REPO
-from ugmm.config import GROUPS, ConfigError, check_group_overrides, group_options, validate_train_config
+from ugmm.builders import build_callbacks, build_datamodule, build_loggers, build_module, build_trainer
+from ugmm.config import (
+    GROUPS,
+    ConfigError,
+    check_group_overrides,
+    group_options,
+    legacy_plus_trainer,
+    trainer_arguments,
+    validate_train_config,
+)
+from ugmm.data import DataError
+from ugmm.modules import build_optimizer, build_scheduler
+from ugmm.runs import resolve_ckpt_path
 from ugmm_helpers import make_cfg
+
+MULTISTEP = "torch.optim.lr_scheduler.MultiStepLR"
 
 EXPERIMENTS = group_options("experiment")
 
@@ -21,66 +36,134 @@ def test_groups_ship_their_options():
     assert set(group_options("data")) >= {"mnist", "iris", "csv"}
     assert set(group_options("model")) >= {"ugmm", "mlp"}
     assert set(group_options("loss")) == {"cross_entropy", "nll"}
+    assert set(group_options("optimizer")) >= {"adam", "adamw", "sgd"}
+    assert set(group_options("scheduler")) >= {"multistep", "cosine", "onecycle", "none"}
     assert set(group_options("trainer")) >= {"cpu", "gpu"}
     assert set(group_options("logger")) >= {"csv", "tensorboard", "none"}
     assert set(group_options("debug")) >= {"fdr", "overfit", "limit", "profiler"}
+    # every group a config file selects is one the command-line check knows
+    folders = {p.name for p in (REPO / "src" / "ugmm" / "conf").iterdir() if p.is_dir() and p.name[0] != "_"}
+    assert set(GROUPS) >= folders - {"hydra"}
 
 
 def test_defaults_are_the_paper_topology():
     cfg = make_cfg([])
-    assert (cfg.model.net, cfg.model.width, cfg.model.depth, cfg.model.dropout) == ("ugmm", 128, 2, 0.2)
-    assert (cfg.data.name, cfg.loss.name, cfg.optimizer.name, cfg.optimizer.lr) == (
-        "MNIST",
-        "cross_entropy",
-        "adam",
-        0.01,
-    )
+    assert (cfg.model._target_, cfg.model.width, cfg.model.depth, cfg.model.dropout) == ("ugmm.nn.uGMMNet", 128, 2, 0.2)
+    assert (cfg.data.name, cfg.loss._target_) == ("MNIST", "ugmm.modules.Classifier")
+    assert (cfg.optimizer._target_, cfg.optimizer.lr) == ("torch.optim.Adam", 0.01)
     assert list(cfg.scheduler.milestones) == [20, 45] and cfg.scheduler.gamma == 0.1
     assert cfg.seed == 0 and cfg.ckpt_path is None
-    validate_train_config(cfg, check_files=False)
+    validate_train_config(cfg)
 
 
-# every option of every group, composed on top of the defaults, validates (files are not checked here)
+# --- every option of every group composes, validates and instantiates -----------------------------
 GROUP_CASES = [
     (group, option)
     for group in GROUPS
-    if group not in ("experiment", "debug")
+    if group not in ("experiment", "debug", "hparams_search")
     for option in group_options(group)
     if option != "default" or group == "paths"
 ]
 
 
+def _instantiate(cfg, group: str, tmp_path: Path) -> None:
+    """Build the objects ``group``'s option describes, as a run would."""
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    if group == "data":
+        dm = build_datamodule(cfg.data)
+        assert dm.n_features > 0 and dm.n_classes > 1
+    elif group in ("model", "loss"):
+        module = build_module(cfg, type("DM", (), {"n_features": 4, "n_classes": 3})())
+        assert module.net.sizes[0] in (4, 5) and type(module).__name__ == cfg.loss._target_.rsplit(".", 1)[1]
+        assert type(module.net).__name__ == cfg.model._target_.rsplit(".", 1)[1]
+    elif group in ("optimizer", "scheduler"):
+        opt = build_optimizer(params, cfg.optimizer)
+        assert type(opt).__name__ == cfg.optimizer._target_.rsplit(".", 1)[1]
+        sched = build_scheduler(opt, cfg.get("scheduler"), max_epochs=3, total_steps=30)
+        assert (sched is None) == (not cfg.get("scheduler"))
+    elif group == "trainer":
+        if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+            pytest.skip("needs a GPU")
+        trainer = build_trainer(cfg, [], [])
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+    elif group == "logger":
+        loggers = build_loggers(cfg)
+        assert len(loggers) == len([c for c in (cfg.logger or {}).values() if c])
+    elif group == "callbacks":
+        callbacks = build_callbacks(cfg, has_logger=True)
+        assert len(callbacks) == len([c for c in (cfg.callbacks or {}).values() if c])
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_CASES, ids=[f"{g}={o}" for g, o in GROUP_CASES])
-def test_every_group_option_composes(group, option):
-    overrides = [f"{group}={option}"]
+def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [f"{group}={option}", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
     if (group, option) == ("data", "csv"):
-        overrides += ["data.path=my.csv", "data.target=label"]
+        csv = tmp_path / "t.csv"
+        csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{'xyz'[i % 3]}\n" for i in range(30)))
+        overrides += [f"data.path={csv}", "data.target=label"]
+    if (group, option) == ("model", "mlp"):
+        overrides += ["loss=cross_entropy"]
     cfg = make_cfg(overrides)
-    validate_train_config(cfg, check_files=False)
-    if group == "logger":
-        targets = [c._target_ for c in (cfg.logger or {}).values()]
-        assert (option == "none") == (not targets)
+    validate_train_config(cfg)
+    _instantiate(cfg, group, tmp_path)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
     cfg = make_cfg([f"experiment={experiment}"])
-    validate_train_config(cfg, check_files=False)
+    validate_train_config(cfg)
     assert cfg.task_name == experiment
 
 
-def test_experiments_hold_the_paper_settings():
+def test_experiments_hold_their_measured_settings():
     mnist = make_cfg(["experiment=paper_mnist"])
     assert (mnist.trainer.max_epochs, mnist.data.batch_size, mnist.model.dropout) == (50, 256, 0.2)
+    assert (mnist.optimizer._target_, mnist.optimizer.lr) == ("torch.optim.Adam", 0.01)
+    assert (mnist.scheduler._target_, list(mnist.scheduler.milestones)) == (MULTISTEP, [20, 45])
     iris = make_cfg(["experiment=paper_iris"])
-    assert (iris.data.name, iris.loss.name, iris.data.split_seed, iris.data.test_fraction) == ("iris", "nll", 42, 0.2)
-    assert make_cfg(["experiment=mnist_mlp"]).model.net == "mlp"
+    assert (iris.data.name, iris.loss._target_, iris.data.split_seed, iris.data.test_fraction) == (
+        "iris",
+        "ugmm.modules.DensityModel",
+        42,
+        0.2,
+    )
+    assert not iris.get("scheduler") and iris.optimizer.lr == 0.01
+    assert make_cfg(["experiment=mnist_mlp"]).model._target_ == "ugmm.nn.MLP"
+    tuned = make_cfg(["experiment=mnist_tuned"])
+    assert (list(tuned.scheduler.milestones), tuned.trainer.max_epochs, tuned.model.init) == ([40, 90], 100, "data")
+    aug = make_cfg(["experiment=mnist_tuned_aug"])
+    assert aug.scheduler._target_.endswith("CosineAnnealingLR") and aug.scheduler.T_max is None
+    assert (aug.trainer.max_epochs, aug.model.init, aug.model.std_floor, aug.data.augment.translate) == (
+        100,
+        "data",
+        0.1,
+        0.04,
+    )
+    generative = make_cfg(["experiment=mnist_generative"])
+    assert generative.scheduler._target_.endswith("CosineAnnealingLR") and generative.trainer.max_epochs == 10
+
+
+def test_cosine_spans_the_run_and_onecycle_every_step():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, make_cfg(["scheduler=cosine"]).scheduler, max_epochs=7)
+    assert sched["interval"] == "epoch" and sched["scheduler"].T_max == 7
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, make_cfg(["scheduler=onecycle"]).scheduler, total_steps=lambda: 42)
+    assert sched["interval"] == "step" and sched["scheduler"].total_steps == 42
+
+
+def test_any_optimizer_class_by_target():
+    cfg = make_cfg(["optimizer._target_=torch.optim.RAdam", "optimizer.lr=3e-3", "data=iris"])
+    validate_train_config(cfg)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optimizer)
+    assert isinstance(opt, torch.optim.RAdam) and opt.defaults["lr"] == 3e-3
 
 
 @pytest.mark.parametrize("debug", group_options("debug"))
 def test_every_debug_option_composes(debug):
     cfg = make_cfg([f"debug={debug}", "data=iris"])
-    validate_train_config(cfg, check_files=False)
+    validate_train_config(cfg)
     assert cfg.trainer.accelerator == "cpu"
 
 
@@ -90,7 +173,15 @@ def test_eval_config_composes():
     assert make_cfg(["ckpt_path=x.ckpt", "data=iris"], config_name="eval").data.name == "iris"
 
 
-# --- validation errors, in-process --------------------------------------------------------------
+def test_trainer_config_takes_every_trainer_argument():
+    cfg = make_cfg(["trainer.fast_dev_run=true", "trainer.barebones=false", "data=iris"])
+    assert set(trainer_arguments()) <= set(cfg.trainer)
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.max_epochs == 2  # the yaml's values stay
+    # the form that was needed before still works: the command line drops the +
+    assert legacy_plus_trainer(["+trainer.fast_dev_run=true", "+foo=1"]) == ["trainer.fast_dev_run=true", "+foo=1"]
+
+
+# --- validation errors, in-process: one line, no I/O ----------------------------------------------
 BAD = [
     (["model.width=0"], "model.width=0 is out of range: must be >= 1"),
     (["model.depth=-1"], "model.depth=-1 is out of range: must be >= 0"),
@@ -100,15 +191,19 @@ BAD = [
     (["model.init=zeros"], "model.init=zeros is not allowed; choose one of: reference, data"),
     (["model.width=abc"], "model.width=abc is not an integer"),
     (["model.backend=gpu"], "model.backend=gpu is not allowed; choose one of: auto, reference, cpu, triton"),
+    (["model._target_=ugmm.nn.Nope"], "model._target_=ugmm.nn.Nope cannot be imported"),
     (["loss=nll", "model=mlp"], "loss=nll needs model=ugmm"),
     (["optimizer.lr=0"], "optimizer.lr=0 is out of range"),
-    (["optimizer.name=rmsprop"], "optimizer.name=rmsprop is not allowed; choose one of: adam, adamw, sgd"),
+    (["optimizer._target_=torch.optim.Bogus"], "optimizer._target_=torch.optim.Bogus cannot be imported"),
+    (["+optimizer.bogus=1"], "optimizer: TypeError:"),
+    (["scheduler=cosine", "+scheduler.milestones=[1]"], "scheduler: TypeError:"),
+    (["scheduler.milestones=[0,3]"], "scheduler.milestones=[0, 3] must be a list of positive epoch numbers"),
     (["data=csv"], "data.path is required"),
     (["data=iris", "data.val_fraction=0.9"], "must be < 1"),
-    (["data=iris", "data.target=label"], "data.target=label is not a column of"),
-    (["data=csv", "data.path=/nonexistent/t.csv", "data.target=y"], "data.path=/nonexistent/t.csv does not exist"),
-    (["data=iris", "ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt does not exist"),
+    (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is out of range: must be in [1, 60000)"),
     (["data=iris", "trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range"),
+    (["data=iris", "seed=-1"], "seed=-1 is out of range: must be >= 0"),
+    (["data=iris", "monitor.mode=best"], "monitor.mode=best is not allowed; choose one of: max, min"),
 ]
 
 
@@ -120,16 +215,37 @@ def test_bad_values_raise_one_line(overrides, message):
     assert message in text and "\n" not in text
 
 
+def test_validation_reads_no_files(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("validation touched the data")
+
+    monkeypatch.setattr("ugmm.data.mnist.ensure_downloaded", forbidden)
+    validate_train_config(make_cfg([f"data.data_dir={tmp_path / 'nowhere'}", "data.download=true"]))
+    validate_train_config(make_cfg(["data=csv", "data.path=/nonexistent/t.csv", "data.target=y"]))
+    assert not (tmp_path / "nowhere").exists()
+
+
+# --- data and checkpoint errors: raised when the objects are built, still one line --------------
+def test_missing_files_are_one_line_errors_when_built(tmp_path):
+    with pytest.raises(DataError, match="data.path=/nonexistent/t.csv does not exist"):
+        build_datamodule(make_cfg(["data=csv", "data.path=/nonexistent/t.csv", "data.target=y"]).data)
+    with pytest.raises(DataError, match=r"data.target=label is not a column of"):
+        build_datamodule(make_cfg(["data=iris", "data.target=label"]).data)
+    with pytest.raises(ConfigError, match="ckpt_path=/nonexistent.ckpt does not exist"):
+        resolve_ckpt_path("/nonexistent.ckpt", tmp_path, "train")
+
+
 def test_csv_without_target_column(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("a,b,c\n1,2,x\n3,4,y\n")
-    with pytest.raises(ConfigError, match=r"data.target=label is not a column of .*t.csv; columns: a, b, c"):
-        validate_train_config(make_cfg(["data=csv", f"data.path={csv}", "data.target=label"]))
+    with pytest.raises(DataError, match=r"data.target=label is not a column of .*t.csv; columns: a, b, c"):
+        build_datamodule(make_cfg(["data=csv", f"data.path={csv}", "data.target=label"]).data)
 
 
 def test_missing_mnist_offline_says_where_to_put_files(tmp_path):
-    with pytest.raises(ConfigError) as info:
-        validate_train_config(make_cfg([f"data.data_dir={tmp_path}", "data.download=false"]))
+    dm = build_datamodule(make_cfg([f"data.data_dir={tmp_path}", "data.download=false"]).data)
+    with pytest.raises(DataError) as info:
+        dm.prepare_data()
     text = str(info.value)
     assert "\n" not in text and str(tmp_path / "MNIST" / "raw") in text and "UGMM_DATA_DIR" in text
 
@@ -138,8 +254,9 @@ def test_failed_download_says_where_to_put_files(tmp_path, monkeypatch):
     # a mirror nobody listens on stands for a machine without internet, whatever CI has
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     target = tmp_path / "new"
-    with pytest.raises(ConfigError, match="download failed") as info:
-        validate_train_config(make_cfg([f"data.data_dir={target}", "data.download=true"]))
+    dm = build_datamodule(make_cfg([f"data.data_dir={target}", "data.download=true"]).data)
+    with pytest.raises(DataError, match="download failed") as info:
+        dm.prepare_data()
     assert "\n" not in str(info.value) and "UGMM_DATA_DIR" in str(info.value)
     assert not target.exists()  # the failed download leaves no empty folders behind
 
@@ -151,6 +268,12 @@ def test_failed_download_says_where_to_put_files(tmp_path, monkeypatch):
         (["loss=bogus"], "loss=bogus is not an option of group loss; choose one of: cross_entropy, nll"),
         (["-m", "model=ugmm,mlpp"], "model=mlpp is not an option of group model"),
         (["+experiment=nope"], "experiment=nope is not an option of group experiment"),
+        (["optimizer=rmsprop"], "optimizer=rmsprop is not an option of group optimizer"),
+        # keys replaced by config groups name their replacement
+        (["optimizer.name=adamw"], "optimizer.name=adamw is gone: use optimizer=adamw"),
+        (["scheduler.name=cosine"], "scheduler.name=cosine is gone: use scheduler=cosine"),
+        (["model.net=mlp"], "model.net=mlp is gone: use model=mlp"),
+        (["loss.name=nll"], "loss.name=nll is gone: use loss=nll"),
     ],
 )
 def test_group_typos_raise_one_line(args, message):
@@ -158,16 +281,29 @@ def test_group_typos_raise_one_line(args, message):
         check_group_overrides(args)
 
 
+def test_old_keys_in_a_config_file_name_their_replacement():
+    cfg = make_cfg(["data=iris", "+optimizer.name=sgd"])
+    with pytest.raises(ConfigError, match="optimizer.name=sgd is gone: use optimizer=sgd"):
+        validate_train_config(cfg)
+
+
 def test_good_group_overrides_pass():
     check_group_overrides(["data=iris", "loss=nll", "-m", "model=ugmm,mlp", "model.width=3", "hydra/launcher=basic"])
+    check_group_overrides(["optimizer=adamw,sgd", "scheduler=none", "optimizer._target_=torch.optim.RAdam"])
 
 
 # --- the real command: exit code 2, one line on stderr, nothing left behind ---------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
-    [["model.dropout=1.0", "data=iris"], ["data=bogus"], ["loss=bogus"], ["data=mnist", "data.download=false"]],
-    ids=["dropout", "data", "loss", "offline"],
+    [
+        ["model.dropout=1.0", "data=iris"],
+        ["data=bogus"],
+        ["loss=bogus"],
+        ["data=mnist", "data.download=false"],
+        ["optimizer.name=adamw", "data=iris"],
+    ],
+    ids=["dropout", "data", "loss", "offline", "replaced"],
 )
 def test_train_py_bad_config_exits_2_with_one_line(tmp_path, args):
     logs = tmp_path / "logs"

@@ -84,8 +84,15 @@ class _FirstStepParams(Callback):
 @pytest.mark.parametrize("module_cls", [Classifier, DensityModel])
 def test_model_init_data_starts_training_on_training_rows(module_cls):
     dm = TabularDataModule(batch_size=32)  # the packaged Iris
-    model = {"net": "ugmm", "width": 6, "depth": 1, "dropout": 0.0, "init": "data", "backend": "reference"}
-    module = module_cls(4, 3, model=model, optimizer={"name": "adam", "lr": 1e-2})
+    model = {
+        "_target_": "ugmm.nn.uGMMNet",
+        "width": 6,
+        "depth": 1,
+        "dropout": 0.0,
+        "init": "data",
+        "backend": "reference",
+    }
+    module = module_cls(4, 3, model=model, optimizer={"_target_": "torch.optim.Adam", "lr": 1e-2})
     before = module.net.layers[0].means.clone()
     probe = _FirstStepParams()
     trainer = Trainer(

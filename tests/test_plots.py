@@ -1,6 +1,9 @@
 """Figures: the plotted numbers are the model's, and every figure renders to a PNG."""
 
-import matplotlib
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -30,10 +33,22 @@ def _save(fig, tmp_path, name):
     return path
 
 
-def test_plotting_does_not_need_pyplot_or_a_display():
-    fig = plot_confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 2)
-    assert fig.canvas.get_default_filetype() == "png"
-    assert matplotlib.get_backend() is not None  # untouched; figures carry their own Agg canvas
+def test_plotting_does_not_need_pyplot_or_a_display(tmp_path):
+    # a fresh interpreter without a display and with the user's own backend choice: the figures carry their
+    # own Agg canvas, render to PNG and leave the global backend as the user set it
+    code = (
+        "import sys, torch; from ugmm.plots import plot_confusion_matrix, plot_reliability_diagram; "
+        "fig = plot_confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 2); fig.savefig(sys.argv[1]); "
+        "plot_reliability_diagram(torch.rand(20, 2).softmax(-1), torch.randint(0, 2, (20,))); "
+        "import matplotlib; print(type(fig.canvas).__name__, matplotlib.get_backend())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["MPLBACKEND"] = "template"
+    png = tmp_path / "c.png"
+    out = subprocess.run([sys.executable, "-c", code, str(png)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["FigureCanvasAgg", "template"]
+    assert png.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_neuron_density_is_the_layer_output():
@@ -167,7 +182,8 @@ def test_sweep_summary(tmp_path):
 
 def test_sweep_summary_from_the_real_summary_csv(tmp_path):
     """summary.csv as the sweep summary writes it: overrides in one column, "best <monitor>", failed jobs."""
-    from ugmm.sweeps.summary import SweepSummary, write_job_metrics
+    from ugmm.integrations.sweep_summary import SweepSummary
+    from ugmm.records import write_job_metrics
 
     for num, (width, loss, best) in enumerate([(8, "nll", 0.9), (16, "nll", 0.94), (8, "cross_entropy", 0.96)]):
         write_job_metrics(

@@ -10,7 +10,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hydra_plugins.ugmm_optuna_sweeper.sweeper import normalize_direction, override_to_distribution
-from ugmm.sweeps.summary import SweepSummary, read_job, write_failed_job, write_job_metrics
+from ugmm.integrations.sweep_summary import SweepSummary
+from ugmm.records import read_job, write_failed_job, write_job_metrics
 
 
 def _ok(job_dir, best, overrides, mode="max"):
@@ -104,8 +105,8 @@ def test_optuna_direction():
 
 
 def test_wandb_offline_run_records_nested_config_metrics_and_summary(tmp_path, monkeypatch, capsys):
-    from ugmm.sweeps.wandb_logger import HydraWandbLogger, finish_wandb
-    from ugmm.sweeps.wandb_records import read_offline_run
+    from ugmm.integrations.wandb_logger import HydraWandbLogger, finish_wandb
+    from ugmm.integrations.wandb_offline import read_offline_run
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no credentials: auto offline
@@ -131,7 +132,7 @@ def test_ddp_trainer_configs_compose():
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from ugmm.sweeps.ddp import HydraDDPStrategy, _config_args
+    from ugmm.integrations.ddp import HydraDDPStrategy, _config_args
 
     with initialize_config_module("ugmm.conf", version_base="1.3"):
         gpu = compose("train", overrides=["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])

@@ -98,7 +98,7 @@ def test_multirun_summary_with_failing_jobs(tmp_path):
 
 
 def test_wandb_offline_one_run_per_job_in_one_group(tmp_path):
-    from ugmm.sweeps.wandb_records import read_offline_run
+    from ugmm.integrations.wandb_offline import read_offline_run
 
     res = _train(tmp_path, "-m", *TINY, "logger=[csv,wandb]", "logger.wandb.log_model=true", "model.depth=1,2")
     sweep = _sweep_dir(tmp_path)
@@ -158,7 +158,7 @@ def test_ddp_cpu_single_run(tmp_path):
 
 
 def test_ddp_cpu_inside_multirun(tmp_path):
-    from ugmm.sweeps.wandb_records import read_offline_run
+    from ugmm.integrations.wandb_offline import read_offline_run
 
     res = _train(tmp_path, "-m", *TINY, "logger=wandb", "trainer=ddp_cpu", "model.depth=1,2")
     assert sorted(p.name for p in (tmp_path / "logs" / "train").iterdir()) == ["multiruns"]  # no runs/ dirs

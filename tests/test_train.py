@@ -109,16 +109,54 @@ def test_same_seed_same_metrics(tmp_path):
     assert c["metrics"] != a["metrics"]
 
 
-@pytest.mark.parametrize("debug", ["overfit", "limit", "profiler"])
-def test_debug_options_run(tmp_path, debug):
-    _, record = _run(tmp_path, ["data=iris", f"debug={debug}", "model.width=4", "trainer.max_epochs=2"])
-    assert record["status"] == "ok"
+def _last_state(record: dict) -> dict:
+    return torch.load(Path(record["best_ckpt"]).parent / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_debug_limit_caps_the_batches(tmp_path):
+    # Iris: 105 training rows in batches of 16 = 7 batches per epoch, limited to 5 for 3 epochs
+    _, record = _run(tmp_path, ["data=iris", "debug=limit", "model.width=4"])
+    state = _last_state(record)
+    assert (state["epoch"], state["global_step"]) == (2, 3 * 5)
+
+
+def test_debug_overfit_repeats_a_few_batches_until_the_loss_drops(tmp_path):
+    _, record = _run(tmp_path, ["data=iris", "debug=overfit", "model.width=8", "model.dropout=0"])
+    assert _last_state(record)["global_step"] == 20 * 3  # 20 epochs of the same 3 batches
+    rows = (Path(record["best_ckpt"]).parents[1] / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/loss")
+    losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(losses) == 20 and losses[-1] < 0.8 * losses[0]
+
+
+def test_debug_profiler_writes_its_report(tmp_path):
+    _, record = _run(tmp_path, ["data=iris", "debug=profiler", "model.width=4"])
+    report = Path(record["best_ckpt"]).parents[1] / "fit-profile.txt"
+    text = report.read_text()
+    assert "Profiler Report" in text and "run_training_epoch" in text
+
+
+def test_fast_dev_run_without_plus(tmp_path):
+    _, record = _run(tmp_path, ["data=iris", "trainer.fast_dev_run=true", "model.width=4"])
+    assert record["status"] == "ok" and record["best_ckpt"] is None
+
+
+def test_any_optimizer_and_schedule_by_target(tmp_path):
+    overrides = ["data=iris", "model.width=4", "optimizer._target_=torch.optim.RAdam", "optimizer.lr=3e-3"]
+    _, record = _run(tmp_path, [*overrides, "scheduler=cosine", "trainer.max_epochs=2"])
+    state = _last_state(record)
+    assert state["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.RAdam"
+    (sched,) = state["lr_schedulers"]
+    assert sched["T_max"] == 2 and sched["last_epoch"] == 2
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed
 
 
 def test_classifier_hparams_are_plain():
     cfg = make_cfg(["data=iris"])
     module = Classifier(4, 3, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, data=cfg.data)
     assert type(module.hparams["model"]) is dict and type(module.hparams["scheduler"]["milestones"]) is list
+    assert module.hparams["optimizer"]["_target_"] == "torch.optim.Adam"
 
 
 def test_default_config_builds_the_paper_network():

@@ -149,3 +149,12 @@ class InMemoryDataModule(LightningDataModule):
 
     def test_dataloader(self):
         return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)
+
+    def train_sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``n`` training rows ``(x, y)``, drawn without replacement with ``generator``.
+
+        What ``model.init=data`` starts the network on (after ``setup``).
+        """
+        train = self.splits["train"]
+        rows = torch.randperm(len(train), generator=generator)[:n]
+        return train.__getitems__(rows.tolist())

@@ -1,20 +1,18 @@
 """LightningModules: the cross-entropy :class:`Classifier` and the likelihood-trained :class:`DensityModel`."""
 
-from ugmm.modules.base import NETS, OPTIMIZERS, SCHEDULERS, BaseModule, build_net, plain
+from ugmm.modules.base import BaseModule, build_net, build_optimizer, build_scheduler
 from ugmm.modules.classifier import Classifier
 from ugmm.modules.density import DensityModel
 
-# loss name in the config -> module class
-MODULES = {"cross_entropy": Classifier, "nll": DensityModel}
+# the ``loss`` hyperparameter of a checkpoint -> the class that loads it
+MODULES = {cls.loss_name: cls for cls in (Classifier, DensityModel)}
 
 __all__ = [
     "MODULES",
-    "NETS",
-    "OPTIMIZERS",
-    "SCHEDULERS",
     "BaseModule",
     "Classifier",
     "DensityModel",
     "build_net",
-    "plain",
+    "build_optimizer",
+    "build_scheduler",
 ]

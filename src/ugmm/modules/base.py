@@ -1,7 +1,8 @@
-"""What both LightningModules share: building the network, the optimizer and the LR schedule.
+"""What both LightningModules share: the network, optimizer and LR schedule from ``_target_`` configs.
 
 Hyperparameters are plain dicts, lists and numbers (never OmegaConf nodes, partials or modules), so
-checkpoints load with torch's default ``weights_only=True``.
+checkpoints load with torch's default ``weights_only=True``; the ``_target_`` configs among them are
+instantiated only when needed (the network in ``__init__``, the optimizer in ``configure_optimizers``).
 """
 
 from __future__ import annotations
@@ -10,86 +11,78 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from hydra.utils import get_class, instantiate
 from lightning.pytorch import LightningModule
 from torchmetrics import MaxMetric
 
-from ugmm.nn import MLP, uGMMNet
+from ugmm.containers import plain
 
-NETS = ("ugmm", "mlp")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("multistep", "cosine", "none")
 # reference: mu ~ N(0, 1), sigma ~ U(0, 1) as the paper's code; data: uGMMNet.init_from_data on training rows
 INITS = ("reference", "data")
 INIT_ROWS = 4096  # training rows the data initialisation looks at
+# keys of the model config the LightningModule reads; the network gets every other one
+MODULE_KEYS = ("init", "label_scale", "label_std")
+# checkpoints written before the model config had a _target_ name the network by model.net
+_LEGACY_NETS = {"ugmm": "ugmm.nn.uGMMNet", "mlp": "ugmm.nn.MLP"}
 
 
-def plain(cfg: Any) -> Any:
-    """An OmegaConf node (or anything) as plain Python containers, interpolations resolved."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # omegaconf is a dependency; stay importable without it anyway
-        return cfg
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return {k: plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [plain(v) for v in cfg]
-    return cfg
+def net_class(model: Mapping) -> type:
+    """The network class a model config names by ``_target_`` (or, in old checkpoints, ``net``)."""
+    target = model.get("_target_") or _LEGACY_NETS.get(model.get("net", "ugmm"), model.get("net"))
+    return get_class(target)
 
 
 def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
-    """``model`` = {net: ugmm|mlp, width, depth, dropout[, std_floor, std_param, backend]} -> the torch network."""
-    kind = model.get("net", "ugmm")
-    common = {"width": int(model["width"]), "depth": int(model["depth"]), "dropout": model.get("dropout", 0.0)}
-    if kind == "ugmm":
-        return uGMMNet(
-            n_inputs,
-            n_outputs,
-            std_floor=float(model.get("std_floor", 1e-3)),
-            std_param=model.get("std_param", "exp"),
-            backend=model.get("backend", "auto"),
-            **common,
-        )
-    if kind == "mlp":
-        return MLP(n_inputs, n_outputs, **common)
-    raise ValueError(f"model.net={kind} is not one of {', '.join(NETS)}")
+    """``model`` = ``{_target_: ugmm.nn.uGMMNet | ugmm.nn.MLP | ..., width, depth, ...}`` -> the network.
+
+    The class is called with ``(n_inputs, n_outputs)`` and every key besides ``_target_``,
+    ``_partial_`` and :data:`MODULE_KEYS`.
+    """
+    model = plain(model)
+    skip = {"_target_", "_partial_", "net", *MODULE_KEYS}
+    return net_class(model)(int(n_inputs), int(n_outputs), **{k: v for k, v in model.items() if k not in skip})
 
 
 def build_optimizer(params, optimizer: Mapping) -> torch.optim.Optimizer:
-    """``optimizer`` = {name: adam|adamw|sgd, lr, weight_decay[, momentum]}."""
-    name = optimizer.get("name", "adam")
-    lr, wd = float(optimizer["lr"]), float(optimizer.get("weight_decay", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(optimizer.get("momentum", 0.9)))
-    raise ValueError(f"optimizer.name={name} is not one of {', '.join(OPTIMIZERS)}")
+    """``optimizer`` = ``{_target_: torch.optim.Adam, lr: ..., ...}``, called with ``params``."""
+    optimizer = dict(plain(optimizer))
+    if "_target_" not in optimizer:
+        raise ValueError(f"optimizer={optimizer} has no _target_ (the old {{name: adam}} form is now optimizer=adam)")
+    return instantiate({**optimizer, "_partial_": True})(params)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, scheduler: Mapping | None, max_epochs: int | None):
-    """``scheduler`` = {name: multistep, milestones, gamma} | {name: cosine} | None; stepped per epoch."""
-    name = "none" if not scheduler else scheduler.get("name", "none")
-    if name == "none":
+def build_scheduler(
+    opt: torch.optim.Optimizer, scheduler: Mapping | None, max_epochs: int | None = None, total_steps: Any = None
+) -> dict | None:
+    """``scheduler`` = ``{_target_, interval: epoch|step, ...}`` or empty/None -> Lightning's scheduler dict.
+
+    ``T_max: null`` becomes ``max_epochs`` and ``total_steps: null`` the trainer's ``total_steps``
+    (a number or a callable giving it), so the common schedules span the whole run by default.
+    """
+    scheduler = dict(plain(scheduler) or {})
+    if "_target_" not in scheduler:
+        if "name" in scheduler:
+            raise ValueError(f"scheduler={scheduler} has no _target_ (the old {{name: ...}} form is now scheduler=...)")
         return None
-    if name == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[int(m) for m in scheduler["milestones"]], gamma=float(scheduler.get("gamma", 0.1))
-        )
-    if name == "cosine":
-        t_max = int(scheduler.get("t_max") or max_epochs or 1)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t_max))
-    raise ValueError(f"scheduler.name={name} is not one of {', '.join(SCHEDULERS)}")
+    interval = scheduler.pop("interval", "epoch")
+    if "T_max" in scheduler and scheduler["T_max"] is None:
+        scheduler["T_max"] = max(1, int(max_epochs or 1))
+    if "total_steps" in scheduler and scheduler["total_steps"] is None:
+        scheduler["total_steps"] = int(total_steps() if callable(total_steps) else total_steps)
+    sched = instantiate({**scheduler, "_partial_": True})(opt)
+    return {"scheduler": sched, "interval": interval}
 
 
 class BaseModule(LightningModule):
-    """Optimizer/scheduler from config and the best validation accuracy so far (``val/acc_best``)."""
+    """Optimizer/scheduler from config and the best validation accuracy so far (``val/acc_best``).
+
+    Subclasses set :attr:`loss_name` (the ``loss`` hyperparameter ``eval.py`` loads them by).
+    """
+
+    loss_name: str = ""
 
     def __init__(
         self,
-        loss: str,
         n_features: int,
         n_classes: int,
         model: Mapping,
@@ -109,7 +102,7 @@ class BaseModule(LightningModule):
                 "optimizer": plain(optimizer),
                 "scheduler": plain(scheduler),
                 "data": plain(data),
-                "loss": loss,
+                "loss": self.loss_name,
                 **plain(dict(extra or {})),
             }
         )
@@ -119,11 +112,14 @@ class BaseModule(LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.parameters(), self.hparams["optimizer"])
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        sched = build_scheduler(opt, self.hparams.get("scheduler"), max_epochs)
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        trainer = self._trainer
+        sched = build_scheduler(
+            opt,
+            self.hparams.get("scheduler"),
+            max_epochs=trainer.max_epochs if trainer is not None else None,
+            total_steps=(lambda: trainer.estimated_stepping_batches) if trainer is not None else None,
+        )
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
 
     def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the network reads for a batch: ``(B, n_inputs)``."""
@@ -133,13 +129,12 @@ class BaseModule(LightningModule):
         # here, not in __init__: the data exists only now; never on resume (the checkpoint holds the weights)
         if self.hparams["model"].get("init", "reference") != "data" or self.trainer.ckpt_path is not None:
             return
-        train = getattr(self.trainer.datamodule, "splits", {}).get("train")
-        if train is None:
-            raise RuntimeError("model.init=data needs a DataModule with in-memory splits (ugmm.data)")
+        sample = getattr(self.trainer.datamodule, "train_sample", None)
+        if sample is None:
+            raise RuntimeError("model.init=data needs a DataModule with train_sample(n, generator) (ugmm.data)")
         # the same rows and draws on every DDP rank, so the replicas start identical
         generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        rows = torch.randperm(len(train), generator=generator)[:INIT_ROWS]
-        x, y = train.__getitems__(rows.tolist())
+        x, y = sample(INIT_ROWS, generator)
         self.net.init_from_data(self.net_inputs(x.to(self.device), y.to(self.device)), generator=generator)
 
     def _log_best(self, acc: torch.Tensor) -> None:

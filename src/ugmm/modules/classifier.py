@@ -17,13 +17,16 @@ class Classifier(BaseModule):
     Args:
         n_features: flattened input size (784 for MNIST).
         n_classes: output nodes.
-        model: {net: ugmm|mlp, width, depth, dropout[, std_floor, backend]}.
-        optimizer: {name, lr, weight_decay, ...}; scheduler: {name, ...} or None.
+        model: the network's ``_target_`` config (``{_target_: ugmm.nn.uGMMNet, width, depth, ...}``).
+        optimizer: an optimizer's ``_target_`` config (``{_target_: torch.optim.Adam, lr, ...}``);
+            scheduler: a scheduler's (``interval``: epoch | step) or None.
         data: the data config, kept in the checkpoint so ``eval.py`` can rebuild the same splits.
 
     Logs ``{train,val,test}/loss``, ``/acc``, ``/ece`` (expected calibration error, 15 bins) and
     ``val/acc_best``. Batches: ``x`` ``(B, *)`` flattening to ``n_features``, ``y`` int64 ``(B,)``.
     """
+
+    loss_name = "cross_entropy"
 
     def __init__(
         self,
@@ -34,7 +37,7 @@ class Classifier(BaseModule):
         scheduler: Mapping | None = None,
         data: Mapping | None = None,
     ) -> None:
-        super().__init__("cross_entropy", n_features, n_classes, model, optimizer, scheduler, data)
+        super().__init__(n_features, n_classes, model, optimizer, scheduler, data)
         self.net = build_net(self.hparams["model"], int(n_features), int(n_classes))
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_loss", MeanMetric())

@@ -8,8 +8,9 @@ import torch
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from ugmm.modules.base import BaseModule, build_net, plain
-from ugmm.nn import log_joint, log_joint_all
+from ugmm.containers import plain
+from ugmm.modules.base import BaseModule, build_net, net_class
+from ugmm.nn import log_joint, log_joint_all, uGMMNet
 from ugmm.uncertainty import log_marginal
 
 
@@ -25,7 +26,7 @@ class DensityModel(BaseModule):
     call (:func:`ugmm.nn.log_joint_all`), then the argmax; the softmax of those scores is the
     posterior ``p(y | x)`` used for the calibration error. :meth:`log_marginal` gives ``log p(x)``.
 
-    Args: as :class:`~ugmm.modules.Classifier`; ``model.net`` must be ``ugmm``; ``model.label_scale``
+    Args: as :class:`~ugmm.modules.Classifier`; the network must be a :class:`~ugmm.nn.uGMMNet`; ``model.label_scale``
     (default 1) scales the label's value; ``model.label_std`` (default null: the initialisation's
     own) sets the label components' sigma, in classes, at the start of training (:meth:`set_label_std`).
 
@@ -43,6 +44,8 @@ class DensityModel(BaseModule):
     conditional weight, ``train/cond_nll`` (``-log p(y | x)``).
     """
 
+    loss_name = "nll"
+
     def __init__(
         self,
         n_features: int,
@@ -54,18 +57,9 @@ class DensityModel(BaseModule):
         conditional_weight: float = 0.0,
     ) -> None:
         model = plain(model)
-        if not float(conditional_weight) >= 0.0:
-            raise ValueError(f"loss.conditional_weight must be >= 0, got {conditional_weight}")
-        if model.get("net", "ugmm") != "ugmm":
-            raise ValueError(f"loss=nll needs model=ugmm (a density model), got model.net={model.get('net')}")
-        label_scale = float(model.get("label_scale", 1.0))
-        if not label_scale > 0.0:
-            raise ValueError(f"model.label_scale must be > 0, got {label_scale}")
-        label_std = model.get("label_std")
-        if label_std is not None and not float(label_std) > 0.0:
-            raise ValueError(f"model.label_std must be > 0 or null, got {label_std}")
+        if not issubclass(net_class(model), uGMMNet):
+            raise ValueError(f"loss=nll needs model=ugmm (a density model), got {net_class(model).__name__}")
         super().__init__(
-            "nll",
             n_features,
             n_classes,
             model,
@@ -75,11 +69,12 @@ class DensityModel(BaseModule):
             extra={"conditional_weight": float(conditional_weight)},
         )
         self.conditional_weight = float(conditional_weight)
-        self.label_scale = label_scale
+        self.label_scale = float(model.get("label_scale", 1.0))
+        label_std = model.get("label_std")
         self.label_std = None if label_std is None else float(label_std)
         self.net = build_net(model, int(n_features) + 1, 1)
         # the label column's value for each class: class index * label_scale
-        states = torch.arange(int(n_classes), dtype=torch.float32) * label_scale
+        states = torch.arange(int(n_classes), dtype=torch.float32) * self.label_scale
         self.register_buffer("states", states, persistent=False)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_nll", MeanMetric())

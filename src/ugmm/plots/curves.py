@@ -108,7 +108,7 @@ def _default_metric(columns: Sequence[str]) -> str:
 def _expand_overrides(rows: list[dict]) -> list[dict]:
     """Give every ``key=value`` of a row's ``overrides`` cell a column of its own (``+``/``~`` dropped).
 
-    The sweep summary CSV (:mod:`ugmm.sweeps.summary`) keeps a job's overrides in one column; a
+    The sweep summary CSV (:mod:`ugmm.integrations.sweep_summary`) keeps a job's overrides in one column; a
     column that already exists wins over an override of the same name.
     """
     out = []

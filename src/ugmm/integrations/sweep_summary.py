@@ -1,150 +1,29 @@
-"""Sweep results: one record per job (its ``metrics.json``), aggregated into a summary table.
+"""The multirun summary: at the end of ``-m``, every job's record in ``summary.csv``/``summary.md``.
 
-Every train job writes ``<job output dir>/metrics.json`` (see :func:`write_job_metrics`)::
-
-    {"status": "ok" | "failed", "monitor": "val/acc", "mode": "max" | "min", "best": 0.93,
-     "metrics": {...final metrics...}, "overrides": ["model.width=32", ...], "wall_time_s": 4.2,
-     "best_ckpt": "<path or null>", "error": "<one line, failed jobs only>"}
-
-At the end of a multirun, :class:`SweepSummaryCallback` (a Hydra callback registered in ``train.yaml``)
-collects these records from every job directory under the sweep dir, writes ``summary.csv`` and
+:class:`SweepSummaryCallback` (a Hydra callback registered in ``train.yaml``) collects the records
+(:mod:`ugmm.records`) from every job directory under the sweep dir, writes ``summary.csv`` and
 ``summary.md`` (sorted by the monitored metric, best first; failed jobs last, with their error) and
-prints the table. A job directory without ``metrics.json`` (a job killed before it could write one) is
-listed as failed too.
+prints the table.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import math
 import os
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ugmm.records import METRICS_FILE, JobResult, find_job_dirs, read_job, write_failed_job
+
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-
-
-def one_line_error(exc: BaseException) -> str:
-    """``"ValueError: bad width"``: the exception's type and the first line of its message.
-
-    A wrapping exception (Hydra's ``InstantiationException`` says only "Error in call to target
-    ...") is followed by its cause: ``"InstantiationException: ... <- ValueError: Precision ..."``.
-    """
-    msg = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
-    cause = exc.__cause__
-    if cause is not None and cause is not exc:
-        line += f" <- {one_line_error(cause)}"
-    return line
-
-
-def write_job_metrics(output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``record`` to ``<output_dir>/metrics.json`` atomically (a reader never sees half a file)."""
-    path = Path(output_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=_json_default, allow_nan=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_failed_job(output_dir: str | os.PathLike, exc: BaseException, overrides: list[str], **extra: Any) -> Path:
-    """Record a crashed job as ``{"status": "failed", "error": ..., "traceback": ...}``."""
-    record = {
-        "status": "failed",
-        "error": one_line_error(exc),
-        "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        "overrides": list(overrides),
-        **extra,
-    }
-    return write_job_metrics(output_dir, record)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # tensors and numpy scalars
-        return obj.item()
-    return str(obj)
-
-
-@dataclass
-class JobResult:
-    """One job of a sweep, as read from its output directory."""
-
-    job_dir: Path
-    num: int | None
-    status: str
-    overrides: list[str]
-    best: float | None = None
-    monitor: str | None = None
-    mode: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    wall_time_s: float | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok" and self.best is not None and math.isfinite(self.best)
-
-
-def _read_hydra_job(job_dir: Path) -> tuple[int | None, list[str]]:
-    """Job number and task overrides from ``<job_dir>/.hydra/`` (written by Hydra before the task runs)."""
-    num, overrides = None, []
-    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
-    if hydra_yaml.exists():
-        try:
-            hcfg = OmegaConf.load(hydra_yaml).hydra
-            num = OmegaConf.select(hcfg, "job.num")
-            overrides = list(OmegaConf.select(hcfg, "overrides.task") or [])
-        except Exception as exc:  # a half-written file must not break the summary
-            log.warning("could not read %s: %s", hydra_yaml, exc)
-    return num, overrides
-
-
-def read_job(job_dir: str | os.PathLike) -> JobResult:
-    """Read one job directory; a missing or unreadable ``metrics.json`` makes it a failed job."""
-    job_dir = Path(job_dir)
-    num, overrides = _read_hydra_job(job_dir)
-    path = job_dir / METRICS_FILE
-    if not path.exists():
-        return JobResult(job_dir, num, "failed", overrides, error="no metrics.json (the job died before finishing)")
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return JobResult(job_dir, num, "failed", overrides, error=f"unreadable metrics.json: {exc}")
-    best = rec.get("best")
-    return JobResult(
-        job_dir=job_dir,
-        num=num,
-        status=str(rec.get("status", "failed")),
-        overrides=list(rec.get("overrides") or overrides),
-        best=float(best) if isinstance(best, int | float) else None,
-        monitor=rec.get("monitor"),
-        mode=rec.get("mode"),
-        metrics={k: v for k, v in (rec.get("metrics") or {}).items() if isinstance(v, int | float)},
-        wall_time_s=rec.get("wall_time_s"),
-        error=str(rec.get("error") or ""),
-    )
-
-
-def find_job_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
-    """Every job directory under ``sweep_dir``: those with a ``.hydra/hydra.yaml`` or a ``metrics.json``."""
-    sweep_dir = Path(sweep_dir)
-    dirs = {p.parent.parent for p in sweep_dir.rglob(".hydra/hydra.yaml")}
-    dirs |= {p.parent for p in sweep_dir.rglob(METRICS_FILE)}
-    dirs.discard(sweep_dir)  # the multirun's own .hydra (Hydra writes none today, but be safe)
-    return sorted(dirs)
 
 
 class SweepSummary:
@@ -298,7 +177,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 class SweepSummaryCallback(Callback):
     """Hydra callback: records crashed jobs and writes the sweep summary when a multirun ends.
 
-    - ``on_job_end``: ends the job's DDP processes (:func:`ugmm.sweeps.ddp.release_ddp_environment`);
+    - ``on_job_end``: ends the job's DDP processes (:func:`ugmm.integrations.ddp.release_ddp_environment`);
       a job that raised (so Hydra marks it FAILED) and left no ``metrics.json`` gets a
       failed record, so the summary shows its error whichever launcher ran it.
     - ``on_multirun_end``: reads every job under ``hydra.sweep.dir`` and writes/prints the summary.
@@ -307,7 +186,7 @@ class SweepSummaryCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from ugmm.sweeps.ddp import release_ddp_environment
+        from ugmm.integrations.ddp import release_ddp_environment
 
         release_ddp_environment()  # the next job of this process must start its own DDP ranks
         if job_return is None or job_return.status != JobStatus.FAILED:

@@ -1,0 +1,90 @@
+"""Config -> objects: the data module, LightningModule, callbacks, loggers and Trainer of a run.
+
+Every object comes from a ``_target_`` config through Hydra's ``instantiate``; nothing here chooses a
+class by name. The LightningModule receives the model, optimizer and scheduler configs as plain
+dicts (its hyperparameters) and instantiates them itself, so checkpoints hold no objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from hydra.errors import InstantiationException
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from omegaconf import DictConfig
+
+from ugmm.config import ConfigError
+from ugmm.containers import plain
+from ugmm.data import DataError
+from ugmm.data.mnist import MNIST_FAMILY
+
+
+def _unwrapped(err: InstantiationException) -> Exception:
+    """The user error inside Hydra's wrapper, so it reaches the user as one line; else the wrapper."""
+    cause = err.__cause__
+    return cause if isinstance(cause, ConfigError | DataError) else err
+
+
+def _legacy_data_target(data: dict) -> str:
+    # checkpoints written before data configs had a _target_
+    return "ugmm.data.MNISTDataModule" if data.get("name") in MNIST_FAMILY else "ugmm.data.TabularDataModule"
+
+
+def build_datamodule(data: Any) -> LightningDataModule:
+    """The DataModule of a ``data`` config (DictConfig or dict with a ``_target_``)."""
+    data = dict(plain(data))
+    data.setdefault("_target_", _legacy_data_target(data))
+    try:
+        return hydra.utils.instantiate(data, _convert_="all")
+    except InstantiationException as err:
+        raise _unwrapped(err) from None
+
+
+def build_module(cfg: DictConfig, datamodule: LightningDataModule) -> LightningModule:
+    """The ``loss`` group's LightningModule, sized by the data, holding the model/optimizer/scheduler configs."""
+    try:
+        return hydra.utils.instantiate(
+            plain(cfg.loss),
+            n_features=datamodule.n_features,
+            n_classes=datamodule.n_classes,
+            model=plain(cfg.model),
+            optimizer=plain(cfg.optimizer),
+            scheduler=plain(cfg.get("scheduler")) or None,
+            data=plain(cfg.data),
+            _recursive_=False,
+            _convert_="all",
+        )
+    except InstantiationException as err:
+        raise _unwrapped(err) from None
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
+    """Instantiate every ``callbacks.<name>`` with a ``_target_`` (null entries are switched off)."""
+    callbacks = []
+    for conf in (cfg.get("callbacks") or {}).values():
+        if conf is None or "_target_" not in conf:
+            continue
+        if not has_logger and conf._target_.endswith("LearningRateMonitor"):
+            continue  # it raises without a logger
+        callbacks.append(hydra.utils.instantiate(conf))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every ``logger.<name>`` with a ``_target_``; ``logger=none`` gives an empty list."""
+    return [
+        hydra.utils.instantiate(conf)
+        for conf in (cfg.get("logger") or {}).values()
+        if conf is not None and "_target_" in conf
+    ]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> Trainer:
+    """``lightning.Trainer`` from the ``trainer`` node; its own argument checks become one-line errors."""
+    try:
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise ConfigError(f"trainer: {type(cause).__name__}: {first}") from None

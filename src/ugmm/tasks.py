@@ -1,0 +1,102 @@
+"""The task wrapper: how a job ends. One place for errors, failed records, DDP release and W&B finishing.
+
+:func:`run_task` runs ``train`` or ``evaluate`` and turns what they raise into an :class:`Outcome`: the
+``status`` its ``metrics.json`` records and the exit code of a single run. Under ``-m`` a failing job
+is recorded and the sweep goes on (the objective is NaN, which optuna reads as a failed trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ugmm.config import ConfigError
+from ugmm.data import DataError
+from ugmm.records import one_line_error, write_failed_job
+from ugmm.runs import discard_run_dir, in_multirun
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job that raised ends."""
+
+    status: str  # metrics.json's "status"
+    exit_code: int  # a single run's exit code
+    user_error: bool  # one line on stderr, no traceback; a single run's dir is removed
+
+
+# exception types -> outcome, first match wins. The place to add a status: e.g. a divergence check
+# raising TrainingDiverged adds ``((TrainingDiverged,), Outcome("diverged", 3, user_error=False))``.
+OUTCOMES: list[tuple[tuple[type[BaseException], ...], Outcome]] = [
+    ((ConfigError, DataError), Outcome("failed", EXIT_USAGE, user_error=True)),
+]
+UNEXPECTED = Outcome("failed", 1, user_error=False)  # any other exception: its traceback is shown
+
+
+def outcome_of(err: BaseException) -> Outcome:
+    for types, outcome in OUTCOMES:
+        if isinstance(err, types):
+            return outcome
+    return UNEXPECTED
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _record(err: BaseException, outcome: Outcome) -> None:
+    """Write the job's metrics.json with the outcome's status and the error line (rank 0 only)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and _is_rank_zero():
+        hc = HydraConfig.get()
+        write_failed_job(hc.runtime.output_dir, err, [str(o) for o in hc.overrides.task], status=outcome.status)
+
+
+def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``fn(cfg)``; a single run exits non-zero on failure, a multirun job records it and returns NaN."""
+    from ugmm.integrations.ddp import release_ddp_environment
+    from ugmm.integrations.wandb_logger import finish_wandb
+
+    try:
+        return fn(cfg)
+    except Exception as err:
+        outcome = outcome_of(err)
+        finish_wandb(None, failed=True)  # every W&B run is finished, also a failed one
+        if in_multirun():
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            log.error("job %s %s: %s", hc.job.num, outcome.status, one_line_error(err), exc_info=err)
+            _record(err, outcome)
+            print(
+                f"error: job {hc.job.num} ({' '.join(hc.overrides.task)}) {outcome.status}: {one_line_error(err)}",
+                file=sys.stderr,
+            )
+            return float("nan")
+        if outcome.user_error:
+            discard_run_dir()
+            fail(err, outcome.exit_code)
+        _record(err, outcome)
+        if outcome is UNEXPECTED:
+            raise
+        print(f"error: {outcome.status}: {one_line_error(err)}", file=sys.stderr)
+        sys.exit(outcome.exit_code)
+    finally:
+        release_ddp_environment()  # the next job of a multirun starts its own DDP ranks
+
+
+def fail(err: BaseException, exit_code: int = EXIT_USAGE) -> None:
+    """Print ``error: <one line>`` and exit."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(exit_code)
