@@ -1,6 +1,6 @@
 """Train a uGMM-NN: ``python train.py [group=option ...] [key=value ...]`` (see README, Configuration)."""
 
-from ugmm.cli import train_main
+from ugmm.launch import train_main
 
 if __name__ == "__main__":
     train_main()

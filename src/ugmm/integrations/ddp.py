@@ -35,6 +35,8 @@ _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir",
 _PARENT_ONLY = ("hydra.sweep", "hydra/sweeper", "hydra.sweeper", "hydra/launcher", "hydra.launcher", "hydra.run.")
 _PARENT_ONLY += ("hydra.output_subdir", "hydra.job.name", "hydra.mode")
 
+# Hydra job name -> the entry point a child rank of that job runs
+ENTRY_POINTS = {"train": "ugmm.cli:train_main", "eval": "ugmm.cli:eval_main"}
 # launchers that started children in this process, and the environment before they did
 _ACTIVE: list[tuple[_SubprocessScriptLauncher, dict[str, str | None]]] = []
 
@@ -121,17 +123,28 @@ class HydraDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose child ranks re-run the current Hydra job instead of ``sys.argv``.
 
     Args:
-        entry_point: ``"module:function"`` of the Hydra entry the children run (default: training).
+        entry_point: ``"module:function"`` of the Hydra entry the children run; None (the default): the
+            entry of the running job, by its Hydra job name (``eval`` -> ``ugmm.cli:eval_main``, else
+            ``ugmm.cli:train_main``), so ``eval.py trainer=ddp_cpu`` starts evaluating ranks.
         **kwargs: passed to :class:`~lightning.pytorch.strategies.DDPStrategy` (``process_group_backend``,
             ``find_unused_parameters``, ...).
     """
 
     strategy_name = "ddp_hydra"
 
-    def __init__(self, entry_point: str = "ugmm.cli:train_main", **kwargs: Any) -> None:
+    def __init__(self, entry_point: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("start_method", "popen")
         super().__init__(**kwargs)
-        self.entry_point = entry_point
+        self._entry_point = entry_point
+
+    @property
+    def entry_point(self) -> str:
+        if self._entry_point is not None:
+            return self._entry_point
+        from hydra.core.hydra_config import HydraConfig
+
+        job = HydraConfig.get().job.name if HydraConfig.initialized() else "train"
+        return ENTRY_POINTS.get(job, ENTRY_POINTS["train"])
 
     def _configure_launcher(self) -> None:
         assert self.cluster_environment is not None

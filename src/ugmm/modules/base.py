@@ -7,6 +7,8 @@ instantiated only when needed (the network in ``__init__``, the optimizer in ``c
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,8 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MaxMetric
 
 from ugmm.containers import plain
+
+log = logging.getLogger(__name__)
 
 # reference: mu ~ N(0, 1), sigma ~ U(0, 1) as the paper's code; data: uGMMNet.init_from_data on training rows
 INITS = ("reference", "data")
@@ -32,15 +36,39 @@ def net_class(model: Mapping) -> type:
     return get_class(target)
 
 
+def net_arguments(model: Mapping) -> tuple[dict, list[str]]:
+    """The keyword arguments the network class of ``model`` takes, and the keys it does not take.
+
+    Keys the class has no parameter for (a uGMM experiment's ``std_floor`` under ``model=mlp``) are
+    left out, so a baseline runs on exactly the same recipe as the uGMM-NN it is compared with.
+    """
+    model = plain(model)
+    cls = net_class(model)
+    skip = {"_target_", "_partial_", "net", *MODULE_KEYS}
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs, ignored = {}, []
+    for key, value in model.items():
+        if key in skip:
+            continue
+        if takes_any or key in params:
+            kwargs[key] = value
+        else:
+            ignored.append(key)
+    return kwargs, ignored
+
+
 def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
     """``model`` = ``{_target_: ugmm.nn.uGMMNet | ugmm.nn.MLP | ..., width, depth, ...}`` -> the network.
 
-    The class is called with ``(n_inputs, n_outputs)`` and every key besides ``_target_``,
-    ``_partial_`` and :data:`MODULE_KEYS`.
+    The class is called with ``(n_inputs, n_outputs)`` and every key it accepts besides ``_target_``,
+    ``_partial_`` and :data:`MODULE_KEYS` (see :func:`net_arguments`; the others are logged and ignored).
     """
-    model = plain(model)
-    skip = {"_target_", "_partial_", "net", *MODULE_KEYS}
-    return net_class(model)(int(n_inputs), int(n_outputs), **{k: v for k, v in model.items() if k not in skip})
+    kwargs, ignored = net_arguments(model)
+    cls = net_class(plain(model))
+    if ignored:
+        log.info("model keys %s do not apply to %s: ignored", ", ".join(ignored), cls.__name__)
+    return cls(int(n_inputs), int(n_outputs), **kwargs)
 
 
 def build_optimizer(params, optimizer: Mapping) -> torch.optim.Optimizer:
@@ -128,6 +156,9 @@ class BaseModule(LightningModule):
     def on_train_start(self) -> None:
         # here, not in __init__: the data exists only now; never on resume (the checkpoint holds the weights)
         if self.hparams["model"].get("init", "reference") != "data" or self.trainer.ckpt_path is not None:
+            return
+        if not hasattr(self.net, "init_from_data"):  # an MLP baseline under a uGMM recipe: nothing to start
+            log.info("model.init=data does not apply to %s: ignored", type(self.net).__name__)
             return
         sample = getattr(self.trainer.datamodule, "train_sample", None)
         if sample is None:

@@ -56,13 +56,14 @@ class Classifier(BaseModule):
         x, y = batch
         logits = self(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        getattr(self, f"{stage}_loss")(loss.detach(), weight=len(y))
-        getattr(self, f"{stage}_acc")(logits.detach(), y)
+        # update, not forward: the logged values are the epoch's (on_step=False), so no per-batch compute
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_acc").update(logits.detach(), y)
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             ece = getattr(self, f"{stage}_ece")
-            ece(logits.detach().softmax(dim=-1), y)
+            ece.update(logits.detach().softmax(dim=-1), y)
             self.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
         return loss
 
