@@ -3,7 +3,7 @@
 Usable in any plain PyTorch script; never imports Lightning or Hydra.
 """
 
-from ugmm.nn.inference import log_joint, log_joint_all, predict
+from ugmm.nn.inference import impute_mpe, log_joint, log_joint_all, predict
 from ugmm.nn.layer import component_dropout_mask, uGMMLayer
 from ugmm.nn.network import MLP, hidden_sizes, uGMMNet
 
@@ -11,6 +11,7 @@ __all__ = [
     "MLP",
     "component_dropout_mask",
     "hidden_sizes",
+    "impute_mpe",
     "log_joint",
     "log_joint_all",
     "predict",
