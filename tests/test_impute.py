@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ugmm.nn import impute_mpe, log_joint_all, uGMMNet
+from ugmm.nn import impute_mean, impute_mpe, log_joint_all, uGMMNet
 
 
 @pytest.fixture
@@ -44,6 +44,15 @@ def test_impute_mpe_ignores_the_hidden_value_and_keeps_the_net_unchanged(density
     assert all(torch.equal(p, q) for p, q in zip(before, density_net.parameters()))
 
 
-def test_impute_mpe_needs_a_grid(density_net):
+def test_impute_mean_is_the_posterior_mean_on_the_grid(density_net):
+    x = torch.randn(8, 4, dtype=torch.float64)
+    grid = torch.linspace(-6.0, 6.0, 601)
+    density = log_joint_all(density_net, x, 0, grid.double()).exp()  # (S, B)
+    expected = (density * grid.double().unsqueeze(1)).sum(0) / density.sum(0)
+    torch.testing.assert_close(impute_mean(density_net, x, 0, grid).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impute", [impute_mpe, impute_mean])
+def test_imputation_needs_a_grid(density_net, impute):
     with pytest.raises(ValueError, match="at least 2 candidate"):
-        impute_mpe(density_net, torch.zeros(2, 4), 0, torch.tensor([0.0]))
+        impute(density_net, torch.zeros(2, 4), 0, torch.tensor([0.0]))

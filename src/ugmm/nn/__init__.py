@@ -4,7 +4,7 @@ Usable in any plain PyTorch script; never imports Lightning or Hydra.
 """
 
 from ugmm.nn.conv import ConvFeatures, ConvNet
-from ugmm.nn.inference import impute_mpe, log_joint, log_joint_all, predict
+from ugmm.nn.inference import impute_mean, impute_mpe, log_density_grid, log_joint, log_joint_all, predict
 from ugmm.nn.layer import component_dropout_mask, uGMMLayer
 from ugmm.nn.network import MLP, hidden_sizes, uGMMNet
 
@@ -14,7 +14,9 @@ __all__ = [
     "ConvNet",
     "component_dropout_mask",
     "hidden_sizes",
+    "impute_mean",
     "impute_mpe",
+    "log_density_grid",
     "log_joint",
     "log_joint_all",
     "predict",

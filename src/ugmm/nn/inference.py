@@ -66,6 +66,46 @@ def predict(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Tensor)
     return states.to(scores.device)[scores.argmax(dim=0)]
 
 
+def log_density_grid(
+    net: uGMMNet,
+    x: torch.Tensor,
+    var_index: int,
+    grid: torch.Tensor,
+    marginalize: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``log p`` of every row with ``x[:, var_index]`` set to each grid value, shape (S, B).
+
+    Args:
+        net: a density model (a :class:`uGMMNet` with one output node).
+        x: ``(B, n_inputs)``; the column's own value is ignored.
+        var_index: the column that takes the grid's values.
+        grid: ``(S,)`` values shared by every row (one batched :func:`log_joint_all`), or ``(S, B)``,
+            a grid per row.
+        marginalize: ``(index, states)`` of a discrete variable to sum out, ``log p(x) = logsumexp_s
+            log p(x, s)`` (a density model's label when the row's class is unknown); None keeps
+            ``x[:, index]`` as given.
+    """
+
+    def joint(rows: torch.Tensor) -> torch.Tensor:
+        if grid.dim() == 2:
+            return _log_joint_grid(net, rows, var_index, grid)
+        return log_joint_all(net, rows, var_index, grid)
+
+    if marginalize is None:
+        return joint(x)
+    index, states = marginalize
+    column = torch.tensor([index % x.shape[1]], device=x.device)
+    return torch.logsumexp(torch.stack([joint(x.index_fill(1, column, s)) for s in states.tolist()]), dim=0)
+
+
+def _sorted_grid(candidates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    candidates = candidates.to(device=x.device, dtype=torch.float32).reshape(-1).sort().values
+    if len(candidates) < 2:
+        raise ValueError("imputation needs at least 2 candidate values")
+    return candidates
+
+
+@torch.no_grad()
 def impute_mpe(
     net: uGMMNet,
     x: torch.Tensor,
@@ -76,49 +116,39 @@ def impute_mpe(
 ) -> torch.Tensor:
     """Most probable value of one missing variable per row: ``argmax_v log p(x with x[:, var_index] = v)``.
 
-    A grid search over ``candidates`` (one batched :func:`log_joint_all` per pass), then ``refine``
-    passes of a finer grid of as many points spanning one step either side of the best value; each
-    pass narrows the step by ``(S - 1) / 2``. A mode narrower than the coarse grid's step can be
-    missed: give a grid as fine as the sharpest sigma the density has.
-
-    Args:
-        net: a density model (a :class:`uGMMNet` with one output node).
-        x: ``(B, n_inputs)``; the missing column's value is ignored.
-        var_index: the column to fill.
-        candidates: ``(S,)`` sorted values to search (e.g. a grid over the training range).
-        marginalize: ``(index, states)`` of a discrete variable to sum out, ``log p(x) = logsumexp_s
-            log p(x, s)`` (a density model's label when the row's class is unknown); None keeps
-            ``x[:, index]`` as given.
-        refine: number of finer passes around the best grid value.
-
-    Returns:
-        ``(B,)`` the imputed values.
+    A grid search over ``candidates`` (sorted, ``(S,)``), then ``refine`` passes of a finer grid of as
+    many points spanning one step either side of the best value; each pass narrows the step by
+    ``(S - 1) / 2``. A mode narrower than the coarse grid's step can be missed: give a grid as fine as
+    the sharpest sigma the density has. Arguments as :func:`log_density_grid`; returns ``(B,)``.
     """
-    candidates = candidates.to(device=x.device, dtype=torch.float32).reshape(-1).sort().values
-    if len(candidates) < 2:
-        raise ValueError("impute_mpe needs at least 2 candidate values")
-
-    def joint(rows: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:  # grid (S,) or (S, B) -> (S, B)
-        if grid.dim() == 2:
-            return _log_joint_grid(net, rows, var_index, grid)
-        return log_joint_all(net, rows, var_index, grid)
-
-    def scores(grid: torch.Tensor) -> torch.Tensor:
-        if marginalize is None:
-            return joint(x, grid)
-        index, states = marginalize
-        column = torch.tensor([index % x.shape[1]], device=x.device)
-        return torch.logsumexp(torch.stack([joint(x.index_fill(1, column, s), grid) for s in states.tolist()]), 0)
-
-    with torch.no_grad():
-        best = candidates[scores(candidates).argmax(dim=0)]  # (B,)
-        step = (candidates[-1] - candidates[0]) / (len(candidates) - 1)
-        offsets = torch.linspace(-1.0, 1.0, len(candidates), device=x.device)
-        for _ in range(int(refine)):
-            grid = best.unsqueeze(0) + step * offsets.unsqueeze(1)  # (S, B): each row its own grid
-            best = grid.gather(0, scores(grid).argmax(dim=0, keepdim=True)).squeeze(0)
-            step = 2.0 * step / (len(candidates) - 1)
+    candidates = _sorted_grid(candidates, x)
+    best = candidates[log_density_grid(net, x, var_index, candidates, marginalize).argmax(dim=0)]  # (B,)
+    step = (candidates[-1] - candidates[0]) / (len(candidates) - 1)
+    offsets = torch.linspace(-1.0, 1.0, len(candidates), device=x.device)
+    for _ in range(int(refine)):
+        grid = best.unsqueeze(0) + step * offsets.unsqueeze(1)  # (S, B): each row its own grid
+        scores = log_density_grid(net, x, var_index, grid, marginalize)
+        best = grid.gather(0, scores.argmax(dim=0, keepdim=True)).squeeze(0)
+        step = 2.0 * step / (len(candidates) - 1)
     return best
+
+
+@torch.no_grad()
+def impute_mean(
+    net: uGMMNet,
+    x: torch.Tensor,
+    var_index: int,
+    candidates: torch.Tensor,
+    marginalize: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Conditional mean of one missing variable per row, ``E[v | the rest]`` under the model's density,
+    by quadrature over an evenly spaced grid ``candidates`` ``(S,)`` (the density normalised on it).
+
+    The squared-error-optimal guess where :func:`impute_mpe` gives the mode. Returns ``(B,)``.
+    """
+    candidates = _sorted_grid(candidates, x)
+    weights = log_density_grid(net, x, var_index, candidates, marginalize).softmax(dim=0)  # (S, B)
+    return (weights * candidates.unsqueeze(1)).sum(dim=0)
 
 
 def _log_joint_grid(net: uGMMNet, x: torch.Tensor, var_index: int, grid: torch.Tensor) -> torch.Tensor:
