@@ -38,10 +38,12 @@ def test_plots_callback_on_iris(tmp_path, experiment):
     names = sorted(p.name for p in plots.glob("*.png"))
     assert names == [
         "test_confusion.png",
+        "test_mixing_weights.png",
         "test_neurons.png",
         "test_reliability.png",
         "val_confusion.png",
         "val_curves.png",
+        "val_mixing_weights.png",
         "val_neurons.png",
         "val_reliability.png",
     ]
@@ -71,4 +73,4 @@ def test_plots_reach_an_offline_wandb_run(tmp_path, monkeypatch):
     out = Path(cfg.paths.output_dir)
     # wandb stores each image as media/images/<key>_<step>_<hash>.png
     media = sorted(p.name.rsplit("_", 2)[0] for p in out.rglob("media/images/plots/*.png"))
-    assert media == ["val_confusion", "val_curves", "val_neurons", "val_reliability"]
+    assert media == ["val_confusion", "val_curves", "val_mixing_weights", "val_neurons", "val_reliability"]

@@ -132,3 +132,31 @@ def test_noise_images_and_additive_noise():
     torch.testing.assert_close(add_gaussian_noise(x, 0.0), x)
     noisy = add_gaussian_noise(x, 0.3, generator=g)
     assert noisy.min() >= 0 and noisy.max() <= 1 and (noisy - x).abs().mean() > 0.1
+
+
+def test_ood_aupr_and_scores():
+    from ugmm.nn import MLP, uGMMNet
+    from ugmm.uncertainty import ood_aupr, ood_scores
+
+    # perfect separation: 1; fully reversed: the precision of the worst ranking
+    assert ood_aupr(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == pytest.approx(1.0)
+    assert ood_aupr(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) < 0.6
+    assert ood_aupr(torch.tensor([float("inf")]), torch.tensor([float("-inf")])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        ood_aupr(torch.tensor([float("nan")]), torch.tensor([0.0]))
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5)
+    net = uGMMNet(5, 3, width=4, depth=1).eval()
+    scores = ood_scores(net, x)
+    assert sorted(scores) == sorted(
+        ["max_softmax", "neg_entropy", "max_logit", "ugmm0_max", "ugmm0_mean", "ugmm1_max", "ugmm1_mean"]
+    )
+    hidden = net.layers[0](x)
+    torch.testing.assert_close(scores["ugmm0_max"], hidden.amax(1))
+    torch.testing.assert_close(scores["ugmm1_max"], net(x).amax(1))
+    torch.testing.assert_close(scores["max_logit"], scores["ugmm1_max"])
+    assert all(s.shape == (6,) for s in scores.values())
+    assert sorted(ood_scores(MLP(5, 3, width=4, depth=1), x)) == ["max_logit", "max_softmax", "neg_entropy"]
+    # no hook is left behind
+    assert not any(m._forward_hooks for m in net.modules())

@@ -18,7 +18,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from ugmm.nn import uGMMLayer
 from ugmm.plots import (
     plot_confusion_matrix,
+    plot_mixing_weights,
     plot_neuron_densities,
+    plot_neuron_images,
     plot_reliability_diagram,
     plot_training_curves,
 )
@@ -34,8 +36,10 @@ def figure_to_rgb(fig) -> np.ndarray:
 class PlotFigures(Callback):
     """At the end of training (validation split) and of testing (test split), draw a trained model's figures.
 
-    Figures: the learned mixture densities of ``neurons`` in uGMM layer ``layer`` (skipped for an
-    MLP), the reliability diagram and the confusion matrix of the split, and the training curves
+    Figures: the learned mixture densities of ``neurons`` in uGMM layer ``layer`` and a heat map of
+    that layer's mixing weights (both skipped for an MLP); for the first layer of an image model, the
+    mixing weights, means and sigmas of ``image_neurons`` drawn on the image grid; the reliability
+    diagram and the confusion matrix of the split, and the training curves
     (from the CSVLogger's ``metrics.csv``, when one is attached). Each is saved as
     ``<dirpath>/<stage>_<name>.png`` and logged to every TensorBoard and W&B logger present (tag
     ``plots/<stage>_<name>``). ``<dirpath>/<stage>_uncertainty.json`` records the split's accuracy,
@@ -50,6 +54,8 @@ class PlotFigures(Callback):
         layer: index of the uGMM layer whose neurons are drawn.
         neurons: neuron indices to draw.
         top_k: components drawn per neuron.
+        image_neurons: neurons drawn as images on the input grid (first layer of an image model only;
+            the grid is the data module's ``feature_shape``, e.g. (1, 28, 28)).
         n_bins: calibration bins.
         max_batches: limit on evaluation batches (None: the whole split).
         class_names: labels for the confusion matrix (default: the datamodule's ``classes`` or indices).
@@ -61,6 +67,7 @@ class PlotFigures(Callback):
         layer: int = 0,
         neurons: Sequence[int] = (0, 1, 2, 3),
         top_k: int = 6,
+        image_neurons: Sequence[int] = tuple(range(16)),
         n_bins: int = 15,
         max_batches: int | None = None,
         class_names: Sequence[str] | None = None,
@@ -70,6 +77,7 @@ class PlotFigures(Callback):
         self.layer = int(layer)
         self.neurons = [int(n) for n in neurons]
         self.top_k = int(top_k)
+        self.image_neurons = [int(n) for n in image_neurons]
         self.n_bins = int(n_bins)
         self.max_batches = None if max_batches is None else int(max_batches)
         self.class_names = None if class_names is None else list(class_names)
@@ -97,6 +105,12 @@ class PlotFigures(Callback):
             figures["neurons"] = plot_neuron_densities(
                 layer, neurons, top_k=self.top_k, title=f"uGMM layer {self.layer}: learned neuron mixtures"
             )
+            figures["mixing_weights"] = plot_mixing_weights(layer, title=f"uGMM layer {self.layer}: log10 pi")
+            image_shape = self._image_shape(trainer, layer)
+            images = [j for j in self.image_neurons if j < layer.n_nodes]
+            if image_shape is not None and images:
+                for quantity in ("weights", "means", "stds"):
+                    figures[f"neuron_{quantity}"] = plot_neuron_images(layer, quantity, image_shape, images)
         if loaders is not None:
             scores, targets = self._predict(pl_module, loaders)
             if len(targets):
@@ -140,6 +154,14 @@ class PlotFigures(Callback):
         if not scores:
             return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
         return torch.cat(scores), torch.cat(targets)
+
+    def _image_shape(self, trainer: Trainer, layer: uGMMLayer) -> tuple[int, int] | None:
+        """(H, W) when ``layer`` reads a flattened image (the first layer of an image model), else None."""
+        shape = tuple(getattr(trainer.datamodule, "feature_shape", ()) or ())
+        spatial = shape[-2:] if len(shape) >= 2 and all(s == 1 for s in shape[:-2]) else ()
+        if self.layer != 0 or len(spatial) != 2 or spatial[0] * spatial[1] != layer.n_nodes_in:
+            return None
+        return spatial
 
     @staticmethod
     def _datamodule_classes(trainer: Trainer, n_classes: int) -> list[str] | None:

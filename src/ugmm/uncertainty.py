@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from ugmm.nn.inference import log_joint_all
+from ugmm.nn.layer import uGMMLayer
 from ugmm.nn.network import uGMMNet
 
 
@@ -104,24 +105,72 @@ def log_marginal(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Te
         return torch.logsumexp(log_joint_all(net, x, var_index, states), dim=0)
 
 
+def _ood_labels_and_scores(scores_in: torch.Tensor, scores_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (in first) with +-inf mapped just beyond the finite range, and labels (1 = in distribution)."""
+    scores_in, scores_out = scores_in.detach().flatten().double(), scores_out.detach().flatten().double()
+    if scores_in.numel() == 0 or scores_out.numel() == 0:
+        raise ValueError("OOD metrics need at least one in-distribution and one shifted score")
+    scores = torch.cat([scores_in, scores_out]).cpu()
+    if scores.isnan().any():
+        raise ValueError("OOD metrics got NaN scores")
+    # torchmetrics wants finite values: map +-inf to just beyond the finite range
+    finite = scores[scores.isfinite()]
+    lo, hi = (finite.min().item(), finite.max().item()) if finite.numel() else (0.0, 0.0)
+    scores = scores.nan_to_num(posinf=hi + 1.0, neginf=lo - 1.0)
+    labels = torch.cat([torch.ones(scores_in.numel()), torch.zeros(scores_out.numel())]).long()
+    return scores, labels
+
+
 def ood_auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     """AUROC of telling in-distribution from shifted data by a score that is higher in distribution.
 
     1.0: every in-distribution score beats every shifted one; 0.5: no separation. Ties count half.
     Non-finite scores are allowed (``-inf`` is simply the lowest); NaN is rejected.
     """
-    scores_in, scores_out = scores_in.detach().flatten().double(), scores_out.detach().flatten().double()
-    if scores_in.numel() == 0 or scores_out.numel() == 0:
-        raise ValueError("ood_auroc needs at least one in-distribution and one shifted score")
-    scores = torch.cat([scores_in, scores_out]).cpu()
-    if scores.isnan().any():
-        raise ValueError("ood_auroc got NaN scores")
-    # torchmetrics' binary AUROC wants finite values: map +-inf to just beyond the finite range
-    finite = scores[scores.isfinite()]
-    lo, hi = (finite.min().item(), finite.max().item()) if finite.numel() else (0.0, 0.0)
-    scores = scores.nan_to_num(posinf=hi + 1.0, neginf=lo - 1.0)
-    labels = torch.cat([torch.ones(scores_in.numel()), torch.zeros(scores_out.numel())]).long()
-    return float(binary_auroc(scores, labels, thresholds=None))
+    return float(binary_auroc(*_ood_labels_and_scores(scores_in, scores_out), thresholds=None))
+
+
+def ood_aupr(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
+    """Area under the precision-recall curve with the in-distribution set as positives (AUPR-In).
+
+    Same conventions as :func:`ood_auroc`; unlike AUROC it depends on the sets' sizes (chance level is
+    the in-distribution share).
+    """
+    return float(binary_average_precision(*_ood_labels_and_scores(scores_in, scores_out), thresholds=None))
+
+
+@torch.no_grad()
+def ood_scores(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every out-of-distribution score of a classifier network for a batch, each (B,), higher = more typical.
+
+    - ``max_softmax``: the largest class probability; ``neg_entropy``: minus the predictive entropy;
+    - ``max_logit``: the largest output; for a uGMM output layer the largest class log-density, a
+      distance-aware score (far from every class's components it falls without bound);
+    - for every uGMM layer i (hidden or output): ``ugmm{i}_max`` (its largest neuron log-density) and
+      ``ugmm{i}_mean`` (the mean over its neurons).
+
+    Works for any network (an MLP gives the first three); uGMM layers are found by forward hooks.
+    """
+    captured: list[torch.Tensor] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        for m in net.modules()
+        if isinstance(m, uGMMLayer)
+    ]
+    try:
+        logits = net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scores = {
+        "max_softmax": logits.softmax(dim=-1).amax(dim=-1),
+        "neg_entropy": -predictive_entropy(logits),
+        "max_logit": logits.amax(dim=-1),
+    }
+    for i, out in enumerate(captured):
+        scores[f"ugmm{i}_max"] = out.amax(dim=-1)
+        scores[f"ugmm{i}_mean"] = out.mean(dim=-1)
+    return scores
 
 
 # -- shifted data sets ------------------------------------------------------------------------------
@@ -183,7 +232,9 @@ __all__ = [
     "expected_calibration_error",
     "log_marginal",
     "noise_images",
+    "ood_aupr",
     "ood_auroc",
+    "ood_scores",
     "predictive_entropy",
     "rotate_images",
 ]

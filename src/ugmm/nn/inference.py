@@ -64,3 +64,98 @@ def predict(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.Tensor)
     """MAP state of the variable for every row: ``states[argmax_s log p(x, s)]``, shape (B,)."""
     scores = log_joint_all(net, x, var_index, states)
     return states.to(scores.device)[scores.argmax(dim=0)]
+
+
+def log_density_grid(
+    net: uGMMNet,
+    x: torch.Tensor,
+    var_index: int,
+    grid: torch.Tensor,
+    marginalize: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``log p`` of every row with ``x[:, var_index]`` set to each grid value, shape (S, B).
+
+    Args:
+        net: a density model (a :class:`uGMMNet` with one output node).
+        x: ``(B, n_inputs)``; the column's own value is ignored.
+        var_index: the column that takes the grid's values.
+        grid: ``(S,)`` values shared by every row (one batched :func:`log_joint_all`), or ``(S, B)``,
+            a grid per row.
+        marginalize: ``(index, states)`` of a discrete variable to sum out, ``log p(x) = logsumexp_s
+            log p(x, s)`` (a density model's label when the row's class is unknown); None keeps
+            ``x[:, index]`` as given.
+    """
+
+    def joint(rows: torch.Tensor) -> torch.Tensor:
+        if grid.dim() == 2:
+            return _log_joint_grid(net, rows, var_index, grid)
+        return log_joint_all(net, rows, var_index, grid)
+
+    if marginalize is None:
+        return joint(x)
+    index, states = marginalize
+    column = torch.tensor([index % x.shape[1]], device=x.device)
+    return torch.logsumexp(torch.stack([joint(x.index_fill(1, column, s)) for s in states.tolist()]), dim=0)
+
+
+def _sorted_grid(candidates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    candidates = candidates.to(device=x.device, dtype=torch.float32).reshape(-1).sort().values
+    if len(candidates) < 2:
+        raise ValueError("imputation needs at least 2 candidate values")
+    return candidates
+
+
+@torch.no_grad()
+def impute_mpe(
+    net: uGMMNet,
+    x: torch.Tensor,
+    var_index: int,
+    candidates: torch.Tensor,
+    marginalize: tuple[int, torch.Tensor] | None = None,
+    refine: int = 2,
+) -> torch.Tensor:
+    """Most probable value of one missing variable per row: ``argmax_v log p(x with x[:, var_index] = v)``.
+
+    A grid search over ``candidates`` (sorted, ``(S,)``), then ``refine`` passes of a finer grid of as
+    many points spanning one step either side of the best value; each pass narrows the step by
+    ``(S - 1) / 2``. A mode narrower than the coarse grid's step can be missed: give a grid as fine as
+    the sharpest sigma the density has. Arguments as :func:`log_density_grid`; returns ``(B,)``.
+    """
+    candidates = _sorted_grid(candidates, x)
+    best = candidates[log_density_grid(net, x, var_index, candidates, marginalize).argmax(dim=0)]  # (B,)
+    step = (candidates[-1] - candidates[0]) / (len(candidates) - 1)
+    offsets = torch.linspace(-1.0, 1.0, len(candidates), device=x.device)
+    for _ in range(int(refine)):
+        grid = best.unsqueeze(0) + step * offsets.unsqueeze(1)  # (S, B): each row its own grid
+        scores = log_density_grid(net, x, var_index, grid, marginalize)
+        best = grid.gather(0, scores.argmax(dim=0, keepdim=True)).squeeze(0)
+        step = 2.0 * step / (len(candidates) - 1)
+    return best
+
+
+@torch.no_grad()
+def impute_mean(
+    net: uGMMNet,
+    x: torch.Tensor,
+    var_index: int,
+    candidates: torch.Tensor,
+    marginalize: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Conditional mean of one missing variable per row, ``E[v | the rest]`` under the model's density,
+    by quadrature over an evenly spaced grid ``candidates`` ``(S,)`` (the density normalised on it).
+
+    The squared-error-optimal guess where :func:`impute_mpe` gives the mode. Returns ``(B,)``.
+    """
+    candidates = _sorted_grid(candidates, x)
+    weights = log_density_grid(net, x, var_index, candidates, marginalize).softmax(dim=0)  # (S, B)
+    return (weights * candidates.unsqueeze(1)).sum(dim=0)
+
+
+def _log_joint_grid(net: uGMMNet, x: torch.Tensor, var_index: int, grid: torch.Tensor) -> torch.Tensor:
+    """``log p`` of each row b with ``x[b, var_index] = grid[s, b]``, shape (S, B): a per-row grid."""
+    n_states, batch = grid.shape
+    rows = x.flatten(1).repeat(n_states, 1)  # (S * B, n_inputs)
+    rows[:, var_index] = grid.reshape(-1).to(rows.dtype)
+    for layer in net.layers:
+        rows = layer(rows, drop=False)  # inference never drops components
+    return rows.reshape(n_states, batch)

@@ -10,7 +10,8 @@ from ugmm.ops.reference import LOG_SQRT_2PI
 from ugmm.plots._figure import new_figure
 
 
-def _mixture_params(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mixture_params(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(means, stds, log_weights)`` of a uGMM layer, detached float64 CPU copies, each ``(n_nodes, n_nodes_in)``."""
     try:
         means, stds, log_w = layer.means, layer.stds, layer.log_weights
     except AttributeError as err:
@@ -32,7 +33,7 @@ def neuron_density(layer, neuron: int, x: torch.Tensor) -> tuple[torch.Tensor, t
     Returns:
         ``components`` (n_nodes_in, P): ``pi_k N(x; mu_k, sigma_k)``; ``mixture`` (P,): their sum.
     """
-    means, stds, log_w = _mixture_params(layer)
+    means, stds, log_w = mixture_params(layer)
     if not -means.shape[0] <= neuron < means.shape[0]:
         raise ValueError(f"neuron {neuron} out of range for a layer of {means.shape[0]} neurons")
     mu, sd, lw = means[neuron, :, None], stds[neuron, :, None], log_w[neuron, :, None]
@@ -71,7 +72,7 @@ def plot_neuron_densities(
         raise ValueError("choose at least one neuron to plot")
     if int(top_k) < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    means, stds, log_w = _mixture_params(layer)
+    means, stds, log_w = mixture_params(layer)
     fig, axes = new_figure(len(neurons), ncols=min(4, len(neurons)))
     for ax, j in zip(axes, neurons):
         if not -means.shape[0] <= j < means.shape[0]:

@@ -1,0 +1,53 @@
+"""scripts/ood_benchmark.py: the scores it collects and the tables it renders (training is the real CLI's)."""
+
+import torch
+
+from ugmm_helpers import load_script
+
+bench = load_script("ood_benchmark")
+
+
+class _Classifier(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+
+def test_scores_of_a_ugmm_classifier_batches_like_one_pass():
+    from ugmm.nn import uGMMNet
+    from ugmm.uncertainty import ood_scores
+
+    torch.manual_seed(0)
+    module = _Classifier(uGMMNet(16, 3, width=4, depth=1).eval())
+    images = torch.randn(7, 1, 4, 4)
+    batched = bench.scores_of(module, images, batch_size=3)
+    whole = ood_scores(module.net, images)
+    assert batched.keys() == whole.keys()
+    for key in whole:
+        torch.testing.assert_close(batched[key], whole[key].float())
+
+
+def test_render_names_the_best_score_per_model_and_shift():
+    def run(model, seed, acc, mnist_auroc):
+        ood = {
+            "MNIST": {
+                "max_softmax": {"auroc": 0.6, "aupr": 0.55},
+                "ugmm0_max": {"auroc": mnist_auroc, "aupr": 0.9},
+            },
+            "rotate90": {"max_softmax": {"auroc": 0.7, "aupr": 0.65}, "ugmm0_max": {"auroc": 0.5, "aupr": 0.5}},
+        }
+        return {"model": model, "seed": seed, "test_acc": acc, "ood": ood}
+
+    results = {
+        "in_data": "FashionMNIST",
+        "epochs": 3,
+        "hardware": "test CPU",
+        "command": "python scripts/ood_benchmark.py --seeds 0 1",
+        "runs": [run("ugmm", 0, 0.90, 0.96), run("ugmm", 1, 0.92, 0.94)],
+    }
+    table = bench.render(results)
+    row = next(line for line in table.splitlines() if line.startswith("| ugmm |"))
+    assert "| 2 | 91.000 +- 1.414 |" in row
+    assert "`ugmm0_max` 0.950 +- 0.014 / 0.900 +- 0.000" in row  # MNIST: the uGMM score wins
+    assert "`max_softmax` 0.700 +- 0.000 / 0.650 +- 0.000" in row  # rotate90: the softmax wins
+    assert "python scripts/ood_benchmark.py --seeds 0 1" in table
