@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader, Dataset
 
 
 class DataError(Exception):
-    """Data that cannot be found or read; the entry points print its one-line message and exit 2."""
+    """Data that cannot be found or read; the entry points print its one-line message and exit 2.
+
+    Line breaks in the message (a column name or value quoted from a file) are escaped, so it stays one line.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class InMemoryDataset(Dataset):
