@@ -30,12 +30,25 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ugmm.config import ConfigError, check_group_overrides, validate_eval_config, validate_train_config
+from ugmm.config import (
+    ConfigError,
+    check_group_overrides,
+    check_plain_keys,  # robust (issue 12): "did you mean model.width?"
+    validate_eval_config,
+    validate_train_config,
+)
 from ugmm.data import DataError, MNISTDataModule, TabularDataModule
 from ugmm.data.mnist import MNIST_FAMILY
+from ugmm.divergence import EXIT_DIVERGED, DivergenceGuard, TrainingDivergedError  # robust (issue 12)
 from ugmm.modules import MODULES, plain
+from ugmm.resume import (
+    TrainingInterruptedError,
+    check_resumable,
+    requeued_checkpoint,
+    resume_callbacks,
+)  # robust (issue 12)
 from ugmm.sweeps.ddp import release_ddp_environment
-from ugmm.sweeps.summary import one_line_error, write_failed_job
+from ugmm.sweeps.summary import one_line_error, write_failed_job, write_job_metrics
 from ugmm.sweeps.wandb_logger import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -182,7 +195,11 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path == "last":  # before this run's dir exists, so a missing run leaves nothing behind
         ckpt_path = str(find_last_checkpoint(cfg.paths.log_dir, cfg.task_name))
+    if ckpt_path is not None:  # robust (issue 12): a finished run says so and how to extend it
+        check_resumable(ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
     out_dir = _prepare_output_dir(cfg)
+    if ckpt_path is None and (requeued := requeued_checkpoint(out_dir)) is not None:
+        ckpt_path = str(requeued)  # robust (issue 12): a requeued SLURM job resumes its own last.ckpt
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -198,6 +215,7 @@ def train(cfg: DictConfig) -> float:
     )
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    callbacks += [DivergenceGuard(), *resume_callbacks()]  # robust (issue 12)
     trainer = build_trainer(cfg, callbacks, loggers)
     for logger in loggers:
         logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True)})
@@ -229,6 +247,8 @@ def train(cfg: DictConfig) -> float:
         "overrides": _hydra_overrides(),
         "wall_time_s": time.perf_counter() - start,
         "best_ckpt": str(Path(best_ckpt).resolve()) if best_ckpt else None,
+        # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
+        "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -335,6 +355,9 @@ def _run_task(fn, cfg: DictConfig):
     """Run ``fn(cfg)``; a single run exits non-zero on failure, a multirun job records it and returns NaN."""
     try:
         return fn(cfg)
+    except (TrainingDivergedError, TrainingInterruptedError) as err:  # robust (issue 12): diverged / preempted runs
+        finish_wandb(None, failed=True)
+        return _record_stopped_run(err, cfg)
     except USER_ERRORS as err:
         finish_wandb(None, failed=True)
         if _in_multirun():
@@ -360,9 +383,33 @@ def _eval_task(cfg: DictConfig) -> None:
     _run_task(evaluate, cfg)
 
 
-def _precheck() -> None:
+def _record_stopped_run(err: TrainingDivergedError | TrainingInterruptedError, cfg: DictConfig) -> float:
+    """robust (issue 12): metrics.json says "diverged" or "interrupted"; one line on stderr. A diverged
+    multirun job returns NaN (the sweep goes on, optuna counts a failed trial); everything else exits:
+    ``EXIT_DIVERGED``, or 128 + the signal for an interrupted run (which says how to resume)."""
+    diverged = isinstance(err, TrainingDivergedError)
+    record = {"status": "diverged" if diverged else "interrupted", "error": str(err), "overrides": _hydra_overrides()}
+    record.update(err.record() if diverged else {"epoch": err.epoch, "step": err.step, "ckpt": str(err.ckpt_path)})
+    out = cfg.paths.get("output_dir") if cfg.get("paths") is not None else None
+    if out and os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        write_job_metrics(out, record)
+    line = f"error: {err}"
+    if not diverged and err.ckpt_path is not None:
+        command = " ".join([Path(sys.argv[0]).name, *_hydra_overrides(), "ckpt_path=last"])
+        line += f"; resume with: {command}"
+    if diverged and _in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        print(f"error: job {HydraConfig.get().job.num} diverged: {err}", file=sys.stderr)
+        return float("nan")
+    print(line, file=sys.stderr)
+    sys.exit(EXIT_DIVERGED if diverged else err.exit_code)
+
+
+def _precheck(config_name: str = "train") -> None:
     try:
         check_group_overrides(sys.argv[1:])
+        check_plain_keys(sys.argv[1:], config_name)  # robust (issue 12): mistyped plain keys
     except ConfigError as err:
         _fail(err)
 
@@ -375,5 +422,5 @@ def train_main() -> None:
 
 def eval_main() -> None:
     """``ugmm-eval`` / ``python eval.py ckpt_path=... [overrides]``."""
-    _precheck()
+    _precheck("eval")
     _eval_task()

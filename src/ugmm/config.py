@@ -252,3 +252,82 @@ def _validate_trainer(cfg: DictConfig) -> None:
     max_epochs = _value(cfg, "trainer.max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1 or max_epochs == 0):
         raise ConfigError(f"trainer.max_epochs={max_epochs} is out of range: must be >= 1 (or -1 for no limit)")
+
+
+# --- plain keys, checked against the composed config --------------------------------------------
+def _config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config (nodes and leaves), ``hydra`` excluded."""
+    keys = []
+    if OmegaConf.is_dict(node):
+        for key in node.keys():
+            if not prefix and key == "hydra":
+                continue
+            path = f"{prefix}{key}"
+            keys.append(path)
+            try:
+                child = node._get_node(key)
+            except Exception:
+                continue
+            keys += _config_keys(child, path + ".")
+    return keys
+
+
+def check_plain_keys(args: list[str], config_name: str = "train") -> None:
+    """Reject ``key=value`` overrides of keys the composed config does not have, with the closest key.
+
+    ``model.widht=3`` -> "model.widht is not a key of the config; did you mean model.width?". The
+    config is composed with the command line's group choices (``data=iris``, ``experiment=...``), so
+    keys those options bring count. Keys with ``+``/``~``, ``hydra.*`` and sweeps over groups are left
+    to Hydra; so is anything that does not compose here.
+    """
+    plain, groups = [], []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if key.startswith(("+", "~")) or key.startswith("hydra.") or key == "hydra":
+            continue
+        if key in GROUPS or key == "hparams_search" or "/" in key:
+            value = arg.split("=", 1)[1]
+            if "," in value or any(c in value for c in "()[]{}*?$"):
+                return  # a sweep over options: each job composes its own keys
+            groups.append(arg)
+        elif "." in key or key.isidentifier():
+            plain.append(key)
+    if not plain:
+        return
+    try:
+        from hydra import compose, initialize_config_module
+
+        with initialize_config_module("ugmm.conf", version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=groups)
+    except Exception:
+        return
+    keys = _config_keys(cfg)
+    known = set(keys)
+    for key in plain:
+        if key not in known:
+            raise ConfigError(f"{key} is not a key of the config; {_key_hint(cfg, key, keys)} (a new key: +{key}=...)")
+
+
+def _key_hint(cfg: DictConfig, key: str, keys: list[str]) -> str:
+    """The closest existing key (a sibling first, then anywhere by its full or last name) or the choices."""
+    import difflib
+
+    parent, _, leaf = key.rpartition(".")
+    if parent and parent in keys and OmegaConf.select(cfg, parent) is None:
+        return f"{parent} is null here: set it as a whole, e.g. {parent}={{{leaf}: ...}}"
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, keys, n=1, cutoff=0.75
+    )
+    if not close:
+        by_leaf = {}
+        for k in keys:
+            by_leaf.setdefault(k.rpartition(".")[2], k)
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)]
+    if close:
+        return f"did you mean {close[0]}?"
+    if parent in keys:
+        return f"keys under {parent}: " + ", ".join(k.rpartition(".")[2] for k in siblings)
+    return "top-level keys: " + ", ".join(k for k in keys if "." not in k)

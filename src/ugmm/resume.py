@@ -1,0 +1,263 @@
+"""Exact resume and preemption: what a checkpoint must carry besides weights, and signals that save one.
+
+Exact resume. A run interrupted anywhere (``kill -9`` between checkpoints, a mid-epoch checkpoint from
+``callbacks.last_checkpoint.every_n_train_steps``) and resumed with ``ckpt_path=last`` ends with the
+same metrics, to the last digit on CPU, as the run that was never interrupted. What training draws at
+random, and where its state lives in a checkpoint:
+
+- dropout masks (:mod:`ugmm.nn`, torch's global generator) and anything else drawing from the global
+  torch (CPU and CUDA), numpy or python ``random`` generators: :class:`RandomStates`, a callback
+  whose state is saved with every checkpoint and put back just before the first training step after
+  loading (not when the checkpoint is read: nothing drawn between loading and that step may shift it);
+- the order of training rows: :class:`ugmm.data.base.EpochSampler`, a permutation per epoch from the
+  sampler's seed and the epoch number, stateful (Lightning saves it with the loop state), so a
+  mid-epoch resume skips exactly the batches already trained on, in the same permutation;
+- augmentation (``data.augment``): drawn per training batch, in training-step order, from the
+  DataModule's own generator (saved as the DataModule's state);
+- the loops' positions (epoch, step, batch within the epoch): Lightning's own loop state.
+
+Preemption. SIGTERM (SLURM preemption or time limit, a spot instance, ``kill``) or SIGINT (Ctrl-C):
+:class:`Preemption` lets the current step finish, writes ``checkpoints/last.ckpt`` and raises
+:class:`TrainingInterruptedError`; the command line prints one line saying how to resume and exits with 128 + the
+signal number (143 for SIGTERM, 130 for SIGINT). A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from ugmm.config import ConfigError
+
+
+class TrainingInterruptedError(Exception):
+    """Training stopped by a signal after saving a resumable checkpoint; ``exit_code`` = 128 + signal."""
+
+    def __init__(self, signum: int, ckpt_path: Path | None, epoch: int, step: int) -> None:
+        self.signum, self.ckpt_path, self.epoch, self.step = int(signum), ckpt_path, int(epoch), int(step)
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name
+        saved = f"saved {ckpt_path}" if ckpt_path is not None else "no checkpoint saved (no checkpoint callback)"
+        super().__init__(f"interrupted by {name} at epoch {epoch}, step {step}: {saved}")
+
+
+# --- random states ----------------------------------------------------------------------------------
+def collect_random_states() -> dict[str, Any]:
+    """The global generators' states as plain tensors and ints (checkpoints load with weights_only)."""
+    # the legacy global numpy state: what np.random.* calls draw from
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`collect_random_states` returned."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = states["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class RandomStates(Callback):
+    """Saves the global random generators with every checkpoint and restores them on resume.
+
+    The states are captured when the checkpoint is written and put back at the first
+    ``on_train_batch_start`` after loading, i.e. after the DataModule has fetched that batch and just
+    before the step that draws the next dropout masks.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RandomStates"
+
+    def state_dict(self) -> dict[str, Any]:
+        return collect_random_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            set_random_states(self._pending)
+            self._pending = None
+
+
+class CarryCheckpoints(Callback):
+    """A run resumed into a new run dir takes its checkpoint callbacks' bookkeeping along.
+
+    Lightning restores a ``ModelCheckpoint``'s best score and top-k only when its ``dirpath`` is
+    unchanged; a resumed run writes to a new run dir, so the best checkpoint of the epochs before the
+    interruption would be forgotten (and the final test would use the best of the resumed epochs only).
+    Here the files those states name are copied into the new ``dirpath`` and the states rewritten to
+    point at the copies, so the resumed run's folder holds the best checkpoint of the whole run.
+    """
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        states = checkpoint.get("callbacks") or {}
+        for callback in trainer.callbacks:
+            if not isinstance(callback, ModelCheckpoint) or not callback.dirpath:
+                continue
+            state = states.get(callback.state_key)
+            old_dir = state.get("dirpath") if isinstance(state, dict) else None
+            if not old_dir or Path(old_dir) == Path(callback.dirpath):
+                continue
+            new_dir = Path(callback.dirpath)
+            new_dir.mkdir(parents=True, exist_ok=True)
+
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state:
+                    state[key] = _copied(state[key], Path(old_dir), new_dir)
+            if isinstance(state.get("best_k_models"), dict):
+                best = state["best_k_models"].items()
+                state["best_k_models"] = {_copied(k, Path(old_dir), new_dir): v for k, v in best}
+            state["dirpath"] = str(new_dir)
+
+
+def _copied(path: str, old_dir: Path, new_dir: Path) -> str:
+    """``path`` (a file in ``old_dir``) copied into ``new_dir``; other paths as they are."""
+    import shutil
+
+    if not path or not Path(path).is_file() or Path(path).parent != old_dir:
+        return path
+    target = new_dir / Path(path).name
+    if not target.exists():
+        shutil.copy2(path, target)
+    return str(target)
+
+
+# --- finished runs ------------------------------------------------------------------------------
+def check_resumable(ckpt_path: str | Path, max_epochs: int | None, max_steps: int | None = None) -> None:
+    """A :class:`~ugmm.config.ConfigError` when the checkpoint's run already reached the limits,
+    saying so and how to train it longer (Lightning would return at once and log nothing)."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a readable checkpoint ({type(err).__name__})") from None
+    try:
+        epochs_done = int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return
+    step = int(ckpt.get("global_step", 0))
+    run = Path(ckpt_path).resolve().parents[1]
+    if max_epochs is not None and max_epochs != -1 and epochs_done >= max_epochs:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: the run in {run} already finished ({epochs_done} of trainer.max_epochs="
+            f"{max_epochs} epochs); to train it longer, raise the limit: trainer.max_epochs={max_epochs + 1} or more"
+        )
+    if max_steps is not None and max_steps != -1 and step >= max_steps:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: the run in {run} already finished ({step} of trainer.max_steps={max_steps} "
+            "steps); to train it longer, raise trainer.max_steps"
+        )
+
+
+def requeued_checkpoint(output_dir: str | Path) -> Path | None:
+    """Under SLURM, a requeued job (``SLURM_RESTART_COUNT`` > 0, e.g. after preemption or a time limit
+    with the submitit launcher) finds the ``last.ckpt`` its first attempt left in its own run dir."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+# --- preemption ---------------------------------------------------------------------------------
+class Preemption(Callback):
+    """SIGTERM / SIGINT: finish the current step, save ``last.ckpt``, raise :class:`TrainingInterruptedError`.
+
+    Handlers are installed when training starts (after Lightning's own, which they chain to for
+    SIGTERM, so SLURM requeueing through Lightning keeps working) and removed when it ends.
+
+    Args:
+        signals: the signals handled.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signum
+        previous = self._previous.get(signum)
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled in the main thread
+        self.received = None
+        for signum in self.signals:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self.received is None:
+            return
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+        for logger in trainer.loggers:
+            logger.save()
+        raise TrainingInterruptedError(self.received, path, trainer.current_epoch, trainer.global_step)
+
+
+def last_checkpoint_path(trainer: Trainer) -> Path | None:
+    """Where ``ckpt_path=last`` looks: ``<dirpath>/last.ckpt`` of the checkpoint callback writing it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    if not callbacks:
+        return None
+    named = [c for c in callbacks if c.filename == "last"]
+    return Path((named or callbacks)[0].dirpath) / "last.ckpt"
+
+
+def resume_callbacks() -> list[Callback]:
+    """The callbacks every training run gets: random states in checkpoints, and preemption."""
+    return [RandomStates(), CarryCheckpoints(), Preemption()]
