@@ -12,12 +12,16 @@ is told the trial failed (its objective is NaN).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 EXIT_DIVERGED = 3
+
+# torchmetrics warns (several lines) when a NaN loss reaches a MeanMetric; the guard reports it in one line
+warnings.filterwarnings("ignore", message="Encountered `nan` values in tensor")
 
 
 class TrainingDivergedError(Exception):

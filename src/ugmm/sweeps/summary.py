@@ -2,7 +2,7 @@
 
 Every train job writes ``<job output dir>/metrics.json`` (see :func:`write_job_metrics`)::
 
-    {"status": "ok" | "failed", "monitor": "val/acc", "mode": "max" | "min", "best": 0.93,
+    {"status": "ok" | "failed" | "diverged" | "interrupted", "monitor": "val/acc", "mode": "max" | "min", "best": 0.93,
      "metrics": {...final metrics...}, "overrides": ["model.width=32", ...], "wall_time_s": 4.2,
      "best_ckpt": "<path or null>", "error": "<one line, failed jobs only>"}
 
@@ -197,7 +197,10 @@ class SweepSummary:
 
     def _title(self) -> str:
         n_ok = sum(j.ok for j in self.jobs)
-        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
+        n_diverged = sum(j.status == "diverged" for j in self.jobs)  # robust (issue 12): NaN loss, stopped
+        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok - n_diverged} failed"
+        if n_diverged:
+            title += f", {n_diverged} diverged"
         if self.monitor:
             title += f"; sorted by {self.monitor} ({self.mode})"
         return title
