@@ -395,7 +395,10 @@ def _record_stopped_run(err: TrainingDivergedError | TrainingInterruptedError, c
         write_job_metrics(out, record)
     line = f"error: {err}"
     if not diverged and err.ckpt_path is not None:
-        command = " ".join([Path(sys.argv[0]).name, *_hydra_overrides(), "ckpt_path=last"])
+        script = Path(sys.argv[0]).name
+        script = f"python {script}" if script.endswith(".py") else script
+        overrides = [o for o in _hydra_overrides() if not o.startswith("ckpt_path=")]
+        command = " ".join([script, *overrides, "ckpt_path=last"])
         line += f"; resume with: {command}"
     if diverged and _in_multirun():
         from hydra.core.hydra_config import HydraConfig

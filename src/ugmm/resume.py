@@ -241,7 +241,7 @@ class Preemption(Callback):
             return
         path = last_checkpoint_path(trainer)
         if path is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
         for logger in trainer.loggers:
             logger.save()
         raise TrainingInterruptedError(self.received, path, trainer.current_epoch, trainer.global_step)
