@@ -111,6 +111,47 @@ class RandomStates(Callback):
             self._pending = None
 
 
+class MetricStates(Callback):
+    """Saves the accumulators of the module's torchmetrics (the epoch's running training loss and
+    accuracy, not persistent by default) and restores them with the random states, so an epoch
+    resumed in its middle reports the same epoch metrics as one that ran through."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, dict[str, Any]] | None = None
+
+    @staticmethod
+    def _metrics(pl_module: LightningModule):
+        from torchmetrics import Metric
+
+        return {name: m for name, m in pl_module.named_modules() if isinstance(m, Metric) and name}
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = {}
+        for name, metric in self._metrics(pl_module).items():
+            values = {key: getattr(metric, key) for key in metric._defaults}
+            if all(isinstance(v, torch.Tensor) for v in values.values()):
+                states[name] = {"values": {k: v.detach().clone() for k, v in values.items()}}
+                states[name]["update_count"] = int(metric._update_count)
+        checkpoint["metric_states"] = states
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._pending = checkpoint.get("metric_states")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        metrics = self._metrics(pl_module)
+        for name, state in self._pending.items():
+            metric = metrics.get(name)
+            if metric is None:
+                continue
+            for key, value in state["values"].items():
+                setattr(metric, key, value.to(getattr(metric, key).device))
+            metric._update_count = state["update_count"]
+            metric._computed = None
+        self._pending = None
+
+
 class CarryCheckpoints(Callback):
     """A run resumed into a new run dir takes its checkpoint callbacks' bookkeeping along.
 
@@ -154,6 +195,74 @@ def _copied(path: str, old_dir: Path, new_dir: Path) -> str:
     if not target.exists():
         shutil.copy2(path, target)
     return str(target)
+
+
+class ContinueHistory(Callback):
+    """Whole metrics files: a resumed run's CSV log starts with the history it continues.
+
+    Every checkpoint flushes the loggers, so an interrupted run's ``metrics.csv`` holds every row up to
+    its last checkpoint. A run resumed from a checkpoint (in a new run dir) first copies the rows of
+    the epochs that checkpoint completed from the earlier run's ``metrics.csv`` into its own, so its
+    file is the whole history, as the uninterrupted run's would be; ``metrics.json`` names the
+    checkpoint it resumed (``resumed_from``).
+    """
+
+    def __init__(self) -> None:
+        self._resumed: tuple[Path, int, int] | None = None  # (checkpoint, epochs done, global step)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        try:
+            done = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        except (KeyError, TypeError):
+            return
+        if trainer.ckpt_path:
+            self._resumed = (Path(trainer.ckpt_path), done, int(checkpoint.get("global_step", 0)))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        if self._resumed is None or not trainer.is_global_zero:
+            return
+        ckpt, done, step = self._resumed
+        self._resumed = None
+        root = Path(trainer.default_root_dir).resolve()
+        for logger in trainer.loggers:
+            if not isinstance(logger, CSVLogger):
+                continue
+            try:
+                relative = Path(logger.log_dir).resolve().relative_to(root)
+            except ValueError:
+                continue
+            old = ckpt.resolve().parents[1] / relative / "metrics.csv"
+            if old.is_file() and old.resolve() != (Path(logger.log_dir) / "metrics.csv").resolve():
+                for row_step, row in _history(old, done, step):
+                    logger.experiment.log_metrics(row, row_step)
+                logger.save()
+
+
+def _history(path: Path, epochs_done: int, global_step: int) -> list[tuple[int, dict[str, float]]]:
+    """Rows of a CSVLogger ``metrics.csv`` from before a checkpoint: epochs it completed (or, without an
+    epoch column, steps before it), as ``(step, {metric: value})``."""
+    import csv
+
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            values = {k: _number(v) for k, v in row.items() if k and v not in (None, "")}
+            step = int(values.pop("step", 0))
+            before = values["epoch"] < epochs_done if "epoch" in values else step < global_step
+            if before:
+                rows.append((step, values))
+    return rows
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 # --- finished runs ------------------------------------------------------------------------------
@@ -260,4 +369,4 @@ def last_checkpoint_path(trainer: Trainer) -> Path | None:
 
 def resume_callbacks() -> list[Callback]:
     """The callbacks every training run gets: random states in checkpoints, and preemption."""
-    return [RandomStates(), CarryCheckpoints(), Preemption()]
+    return [RandomStates(), MetricStates(), CarryCheckpoints(), ContinueHistory(), Preemption()]
