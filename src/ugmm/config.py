@@ -181,8 +181,31 @@ def validate_data(cfg: DictConfig, check_files: bool = True) -> None:
             raise ConfigError(f"{file} has no feature columns besides data.target={target}")
 
 
+def _check_resolves(cfg: Any, prefix: str = "") -> None:
+    """Every ``${...}`` of the config resolves (those needing Hydra's runtime only when it runs)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = cfg.keys() if OmegaConf.is_dict(cfg) else range(len(cfg))
+    for key in keys:
+        if not prefix and key == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        try:
+            node = cfg._get_node(key)
+            if OmegaConf.is_config(node) and not node._is_interpolation():
+                _check_resolves(node, path + ".")
+            elif not OmegaConf.is_missing(cfg, key):
+                cfg[key]  # noqa: B018 - resolves the value
+        except OmegaConfBaseException as err:
+            text = " ".join(str(err).split())
+            if "HydraConfig was not set" in text:
+                continue  # ${hydra:...} outside a Hydra run: paths.output_dir, set by train()
+            raise ConfigError(f"{path}: {text.split(' full_key:')[0]}") from None
+
+
 def validate_train_config(cfg: DictConfig, check_files: bool = True) -> None:
     """Every check of a training config, in the order a user would fix them; raises :class:`ConfigError`."""
+    _check_resolves(cfg)  # robust (issue 12): a broken ${...} in one line, not a traceback later
     net = _choice(cfg, "model.net", NETS)
     _int(cfg, "model.width", 1)
     _int(cfg, "model.depth", 0)
@@ -281,6 +304,7 @@ def check_plain_keys(args: list[str], config_name: str = "train") -> None:
     to Hydra; so is anything that does not compose here.
     """
     plain, groups = [], []
+    plain_check = True
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -290,24 +314,34 @@ def check_plain_keys(args: list[str], config_name: str = "train") -> None:
         if key in GROUPS or key == "hparams_search" or "/" in key:
             value = arg.split("=", 1)[1]
             if "," in value or any(c in value for c in "()[]{}*?$"):
-                return  # a sweep over options: each job composes its own keys
+                plain_check = False  # a sweep over options: each job composes its own keys
             groups.append(arg)
         elif "." in key or key.isidentifier():
             plain.append(key)
-    if not plain:
-        return
-    try:
-        from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_module
 
+    if plain and plain_check:
+        try:
+            with initialize_config_module("ugmm.conf", version_base="1.3"):
+                cfg = compose(config_name=config_name, overrides=groups)
+        except Exception:
+            return
+        keys = _config_keys(cfg)
+        known = set(keys)
+        for key in plain:
+            if key not in known:
+                hint = _key_hint(cfg, key, keys)
+                raise ConfigError(f"{key} is not a key of the config; {hint} (a new key: +{key}=...)")
+    overrides = [a for a in args if not a.startswith("-")]
+    sweeps = ("choice(", "range(", "interval(", "glob(", "tag(", "hparams_search=", "hydra.mode=", "hydra.sweeper")
+    if any(a.startswith("-") or any(w in a for w in sweeps) for a in args):
+        return  # a multirun (-m, an optuna search) or Hydra's own flags: its sweep syntax is Hydra's to read
+    try:  # the whole command line, composed as Hydra will: its errors in one line
         with initialize_config_module("ugmm.conf", version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=groups)
-    except Exception:
-        return
-    keys = _config_keys(cfg)
-    known = set(keys)
-    for key in plain:
-        if key not in known:
-            raise ConfigError(f"{key} is not a key of the config; {_key_hint(cfg, key, keys)} (a new key: +{key}=...)")
+            compose(config_name=config_name, overrides=overrides)
+    except Exception as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2]) if lines else type(err).__name__) from None
 
 
 def _key_hint(cfg: DictConfig, key: str, keys: list[str]) -> str:
