@@ -68,3 +68,39 @@ def test_huge_finite_values_standardise_to_finite(tmp_path):
     dm = TabularDataModule(path=str(path), target="y")
     dm.setup()
     assert all(split.x.isfinite().all() for split in dm.splits.values())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a,b,y\n1,2,x\n3,4,x\n5,6,x\n", "holds one class ('x') in all 3 rows"),
+        (bytes(range(128, 256)), "is not a UTF-8 text CSV"),
+        (b"a,b,y\n1,2,x\n3,nan,z\n5,6,x\n6,7,z\n", "t.csv:3, column b: feature value 'nan' is not finite"),
+        (b"a,b,y\n1,2,x\n3,4,z\n5,6,x\n6,7,z\n", "the stratified split needs at least 6 rows per class"),
+    ],
+    ids=["one class", "binary", "nan", "too few rows"],
+)
+def test_train_py_bad_csv_exits_2_with_one_line_and_leaves_nothing(tmp_path, content, message):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "data=csv", f"data.path={path}", "data.target=y"]
+        + [f"paths.log_dir={logs}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not logs.exists() or not any(logs.rglob("*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,14 @@ import pytest
 import torchvision
 
 from conftest import REPO
-from ugmm.config import GROUPS, ConfigError, check_group_overrides, group_options, validate_train_config
+from ugmm.config import (
+    GROUPS,
+    ConfigError,
+    check_group_overrides,
+    check_plain_keys,
+    group_options,
+    validate_train_config,
+)
 from ugmm_helpers import make_cfg
 
 EXPERIMENTS = group_options("experiment")
@@ -158,6 +166,28 @@ def test_group_typos_raise_one_line(args, message):
         check_group_overrides(args)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.widht=3"], "model.widht is not a key of the config; did you mean model.width?"),
+        (["data=iris", "data.targt=y"], "data.targt is not a key of the config; did you mean data.target?"),
+        (["lr=0.1"], "lr is not a key of the config; did you mean optimizer.lr?"),
+        (["data=mnist", "data.augment.degrees=5"], "data.augment is null here: set it as a whole"),
+        (["model.width=[1"], "model.width=[1: no viable alternative at input '[1'"),
+    ],
+)
+def test_mistyped_keys_raise_one_line_with_the_closest_key(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        check_plain_keys(args)
+    assert "\n" not in str(info.value)
+
+
+def test_good_plain_keys_and_sweeps_pass():
+    check_plain_keys(["data=iris", "model.width=3", "callbacks.last_checkpoint.every_n_train_steps=5"])
+    check_plain_keys(["-m", "data=iris,mnist", "data.augment={degrees: 5}", "model.width=3,4"])
+    check_plain_keys(["hparams_search=optuna", "model.width=choice(8,16)"])
+
+
 def test_good_group_overrides_pass():
     check_group_overrides(["data=iris", "loss=nll", "-m", "model=ugmm,mlp", "model.width=3", "hydra/launcher=basic"])
 
@@ -166,8 +196,14 @@ def test_good_group_overrides_pass():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
-    [["model.dropout=1.0", "data=iris"], ["data=bogus"], ["loss=bogus"], ["data=mnist", "data.download=false"]],
-    ids=["dropout", "data", "loss", "offline"],
+    [
+        ["model.dropout=1.0", "data=iris"],
+        ["data=bogus"],
+        ["loss=bogus"],
+        ["data=mnist", "data.download=false"],
+        ["data=iris", "model.widht=3"],
+    ],
+    ids=["dropout", "data", "loss", "offline", "mistyped key"],
 )
 def test_train_py_bad_config_exits_2_with_one_line(tmp_path, args):
     logs = tmp_path / "logs"

@@ -341,7 +341,21 @@ def check_plain_keys(args: list[str], config_name: str = "train") -> None:
             compose(config_name=config_name, overrides=overrides)
     except Exception as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:2]) if lines else type(err).__name__) from None
+        text = " ".join(lines[:2]) if lines else type(err).__name__
+        raise ConfigError(f"{_unparsable(overrides) or 'the command line'}: {text}") from None
+
+
+def _unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot parse, if one is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception:
+            return override
+    return None
 
 
 def _key_hint(cfg: DictConfig, key: str, keys: list[str]) -> str:
