@@ -111,3 +111,28 @@ def test_divergence_in_a_multirun_is_listed_and_the_sweep_goes_on(tmp_path):
     assert "1 ok, 0 failed, 1 diverged" in summary.with_name("summary.md").read_text()
     assert rows[1].split(",")[2] == "ok" and rows[2].split(",")[2] == "diverged"
     assert "training diverged at epoch 0" in rows[2]
+
+
+def test_signal_before_training_stops_at_once(tmp_path, monkeypatch):
+    """A SIGTERM while the run still sets up (nothing to save yet) ends it at once, not after the setup."""
+    from lightning.pytorch import Callback
+
+    import ugmm.cli as cli
+    from ugmm.resume import TrainingInterruptedError
+    from ugmm_helpers import make_cfg
+
+    class SignalAtFitStart(Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises inside this sleep
+
+    resume_callbacks = cli.resume_callbacks
+    monkeypatch.setattr(cli, "resume_callbacks", lambda: [*resume_callbacks(), SignalAtFitStart()])
+    cfg = make_cfg([f"paths.log_dir={tmp_path}", "data=iris", "model.width=4", "logger=none", *QUIET])
+    previous = signal.getsignal(signal.SIGTERM)
+    start = time.monotonic()
+    with pytest.raises(
+        TrainingInterruptedError, match="interrupted by SIGTERM at epoch 0, step 0: no checkpoint saved"
+    ):
+        cli.train(cfg)
+    assert time.monotonic() - start < 60 and signal.getsignal(signal.SIGTERM) == previous

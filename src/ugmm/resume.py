@@ -44,7 +44,7 @@ class TrainingInterruptedError(Exception):
         self.signum, self.ckpt_path, self.epoch, self.step = int(signum), ckpt_path, int(epoch), int(step)
         self.exit_code = 128 + self.signum
         name = signal.Signals(self.signum).name
-        saved = f"saved {ckpt_path}" if ckpt_path is not None else "no checkpoint saved (no checkpoint callback)"
+        saved = f"saved {ckpt_path}" if ckpt_path is not None else "no checkpoint saved"
         super().__init__(f"interrupted by {name} at epoch {epoch}, step {step}: {saved}")
 
 
@@ -304,8 +304,9 @@ def requeued_checkpoint(output_dir: str | Path) -> Path | None:
 class Preemption(Callback):
     """SIGTERM / SIGINT: finish the current step, save ``last.ckpt``, raise :class:`TrainingInterruptedError`.
 
-    Handlers are installed when training starts (after Lightning's own, which they chain to for
-    SIGTERM, so SLURM requeueing through Lightning keeps working) and removed when it ends.
+    Handlers are installed at ``setup`` (Lightning's own SIGTERM handler, registered next, calls them
+    too) and removed when training ends. A signal before the first training step, or a second one,
+    stops at once (no checkpoint to save yet, or the user insists).
 
     Args:
         signals: the signals handled.
@@ -315,24 +316,29 @@ class Preemption(Callback):
         self.signals = tuple(signals)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._training, self._epoch, self._step = False, 0, 0
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.received = signum
         previous = self._previous.get(signum)
         if signum == signal.SIGTERM and callable(previous):
             previous(signum, frame)
+        if self.received is not None or not self._training:
+            # a second signal, or one before training started (nothing to save yet): stop now
+            raise TrainingInterruptedError(signum, None, self._epoch, self._step)
+        self.received = signum
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return  # signals can only be handled in the main thread
-        self.received = None
+        self.received, self._training, self._epoch, self._step = None, False, 0, 0
         for signum in self.signals:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handler)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._training, self._epoch, self._step = True, trainer.current_epoch, trainer.global_step
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -340,12 +346,21 @@ class Preemption(Callback):
         self._previous = {}
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._training = False
         self._restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._restore()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self._epoch, self._step = trainer.current_epoch, trainer.global_step
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a signal during the epoch-end validation: stop here, before Lightning's own SIGTERM exit
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: Trainer) -> None:
         if self.received is None:
             return
         path = last_checkpoint_path(trainer)
