@@ -24,6 +24,7 @@ signal number (143 for SIGTERM, 130 for SIGINT). A second Ctrl-C stops at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -35,6 +36,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ugmm.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class TrainingInterruptedError(Exception):
@@ -239,7 +242,12 @@ class ContinueHistory(Callback):
                 continue
             old = ckpt.resolve().parents[1] / relative / "metrics.csv"
             if old.is_file() and old.resolve() != (Path(logger.log_dir) / "metrics.csv").resolve():
-                for row_step, row in _history(old, done, step):
+                try:
+                    history = _history(old, done, step)
+                except (OSError, ValueError, KeyError) as err:  # a damaged file: train on, say so
+                    log.warning("could not copy the earlier metrics from %s: %s", old, err)
+                    continue
+                for row_step, row in history:
                     logger.experiment.log_metrics(row, row_step)
                 logger.save()
 
