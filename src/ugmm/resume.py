@@ -130,6 +130,9 @@ class MetricStates(Callback):
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         states = {}
+        ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if ready >= trainer.num_training_batches:
+            return  # the epoch is over: the next starts from reset metrics, as it would without a restart
         for name, metric in self._metrics(pl_module).items():
             values = {key: getattr(metric, key) for key in metric._defaults}
             if all(isinstance(v, torch.Tensor) for v in values.values()):
