@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -68,10 +70,21 @@ def test_mnist_datamodule_augments_training_batches_only(tmp_path):
     rows = list(range(32))
     for split in ("val", "test"):
         assert torch.equal(aug.splits[split].__getitems__(rows)[0], plain.splits[split].__getitems__(rows)[0])
+    # the stored training rows are plain; the training loop's batches are augmented (in step order)
     x_plain, y_plain = plain.splits["train"].__getitems__(rows)
-    x_aug, y_aug = aug.splits["train"].__getitems__(rows)
+    assert torch.equal(aug.splits["train"].__getitems__(rows)[0], x_plain)
+    aug.trainer = SimpleNamespace(training=True)
+    x_aug, y_aug = aug.on_after_batch_transfer((x_plain, y_plain), 0)
     assert torch.equal(y_aug, y_plain) and not torch.equal(x_aug, x_plain)
-    # a fresh draw every time the same rows are taken (every epoch sees new variants)
-    assert not torch.equal(aug.splits["train"].__getitems__(rows)[0], x_aug)
+    # a fresh draw every batch (every epoch sees new variants), none outside training
+    assert not torch.equal(aug.on_after_batch_transfer((x_plain, y_plain), 0)[0], x_aug)
+    aug.trainer = SimpleNamespace(training=False)
+    assert aug.on_after_batch_transfer((x_plain, y_plain), 0)[0] is x_plain
+    # the generator's state round-trips (what checkpoints carry)
+    aug.trainer = SimpleNamespace(training=True)
+    state = aug.state_dict()
+    first = aug.on_after_batch_transfer((x_plain, y_plain), 0)[0]
+    aug.load_state_dict(state)
+    assert torch.equal(aug.on_after_batch_transfer((x_plain, y_plain), 0)[0], first)
     # the background value is exactly the stored images' own
     assert aug.augment.background == float(plain.splits["test"].x.min())

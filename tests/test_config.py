@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from ugmm.config import (
 )
 from ugmm.data import DataError
 from ugmm.modules import build_optimizer, build_scheduler
+from ugmm.overrides import check_plain_keys
 from ugmm.runs import resolve_ckpt_path
 from ugmm_helpers import make_cfg
 
@@ -287,6 +289,28 @@ def test_old_keys_in_a_config_file_name_their_replacement():
         validate_train_config(cfg)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.widht=3"], "model.widht is not a key of the config; did you mean model.width?"),
+        (["data=iris", "data.targt=y"], "data.targt is not a key of the config; did you mean data.target?"),
+        (["lr=0.1"], "lr is not a key of the config; did you mean optimizer.lr?"),
+        (["data=mnist", "data.augment.degrees=5"], "data.augment is null here: set it as a whole"),
+        (["model.width=[1"], "model.width=[1: no viable alternative at input '[1'"),
+    ],
+)
+def test_mistyped_keys_raise_one_line_with_the_closest_key(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        check_plain_keys(args)
+    assert "\n" not in str(info.value)
+
+
+def test_good_plain_keys_and_sweeps_pass():
+    check_plain_keys(["data=iris", "model.width=3", "callbacks.last_checkpoint.every_n_train_steps=5"])
+    check_plain_keys(["-m", "data=iris,mnist", "data.augment={degrees: 5}", "model.width=3,4"])
+    check_plain_keys(["hparams_search=optuna", "model.width=choice(8,16)"])
+
+
 def test_good_group_overrides_pass():
     check_group_overrides(["data=iris", "loss=nll", "-m", "model=ugmm,mlp", "model.width=3", "hydra/launcher=basic"])
     check_group_overrides(["optimizer=adamw,sgd", "scheduler=none", "optimizer._target_=torch.optim.RAdam"])
@@ -302,8 +326,9 @@ def test_good_group_overrides_pass():
         ["loss=bogus"],
         ["data=mnist", "data.download=false"],
         ["optimizer.name=adamw", "data=iris"],
+        ["data=iris", "model.widht=3"],
     ],
-    ids=["dropout", "data", "loss", "offline", "replaced"],
+    ids=["dropout", "data", "loss", "offline", "replaced", "mistyped key"],
 )
 def test_train_py_bad_config_exits_2_with_one_line(tmp_path, args):
     logs = tmp_path / "logs"

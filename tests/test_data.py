@@ -123,5 +123,5 @@ def test_csv_errors_are_one_line(tmp_path):
         TabularDataModule(path=str(csv), target="c")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,x\n3,oops,y\n")
-    with pytest.raises(DataError, match=r"bad.csv:3: feature value 'oops' is not a number"):
+    with pytest.raises(DataError, match=r"bad.csv:3, column b: feature value 'oops' is not a number"):
         TabularDataModule(path=str(bad), target="label").setup()

@@ -89,9 +89,16 @@ def test_resume_from_last(tmp_path):
     )
     # it continued from epoch 2 of the earlier run instead of starting over
     assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * steps_per_epoch
-    logged = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()
-    epochs = {row.split(",")[0] for row in logged[1:]} if logged else set()
-    assert "0" not in epochs
+    # its metrics.csv is the whole history: the first run's rows of epochs 0-1 (copied, not trained
+    # again: each epoch's validation row appears once), then epochs 2-3
+    import csv
+
+    with (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows if row.get("val/acc")] == ["0", "1", "2", "3"]
+    with (Path(first["best_ckpt"]).parents[1] / "csv" / "metrics.csv").open() as f:
+        first_val = [row["val/acc"] for row in csv.DictReader(f) if row.get("val/acc")]
+    assert [row["val/acc"] for row in rows if row.get("val/acc")][:2] == first_val
 
 
 def test_ckpt_last_without_runs_is_a_config_error(tmp_path):

@@ -33,9 +33,12 @@ from ugmm.config import (
     validate_eval_config,
     validate_train_config,
 )
+from ugmm.divergence import DivergenceGuard
 from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
+from ugmm.overrides import check_plain_keys
 from ugmm.records import write_job_metrics
+from ugmm.resume import check_resumable, requeued_checkpoint, resume_callbacks
 from ugmm.tasks import fail, run_task
 
 log = logging.getLogger(__name__)
@@ -66,15 +69,21 @@ def train(cfg: DictConfig) -> float:
     validate_train_config(cfg)
     # before this run's dir exists, so a missing checkpoint leaves nothing behind
     ckpt_path = runs.resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    if ckpt_path is not None:  # a finished run says so and how to extend it
+        check_resumable(ckpt_path, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
     datamodule = builders.build_datamodule(cfg.data)
     out_dir = runs.prepare_output_dir(cfg)
+    if ckpt_path is None and (requeued := requeued_checkpoint(out_dir)) is not None:
+        ckpt_path = str(requeued)  # a requeued SLURM job resumes its own last.ckpt
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True, verbose=False)
     with runs.quiet_lightning_advice():
         datamodule.prepare_data()  # missing data fails here, in one line, before anything is built
         module = builders.build_module(cfg, datamodule)
         loggers = builders.build_loggers(cfg)
-        trainer = builders.build_trainer(cfg, builders.build_callbacks(cfg, has_logger=bool(loggers)), loggers)
+        callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
+        callbacks += [DivergenceGuard(), *resume_callbacks()]  # NaN loss stops at once; exact resume, preemption
+        trainer = builders.build_trainer(cfg, callbacks, loggers)
         for logger in loggers:
             logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -94,6 +103,8 @@ def train(cfg: DictConfig) -> float:
         "overrides": runs.hydra_overrides(),
         "wall_time_s": time.perf_counter() - start,
         "best_ckpt": str(Path(best_ckpt).resolve()) if best_ckpt else None,
+        # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
+        "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
     }
     if trainer.is_global_zero:
         write_job_metrics(out_dir, summary)
@@ -163,13 +174,14 @@ def _eval_task(cfg: DictConfig) -> None:
     run_task(evaluate, cfg)
 
 
-def _precheck() -> None:
-    """Before Hydra composes: one-line errors for unknown group options and replaced keys."""
+def _precheck(config_name: str = "train") -> None:
+    """Before Hydra composes: one-line errors for unknown group options, replaced and mistyped keys."""
     import ugmm.conf  # noqa: F401 - registers the generated configs (trainer/lightning)
 
     sys.argv[1:] = legacy_plus_trainer(sys.argv[1:])
     try:
         check_group_overrides(sys.argv[1:])
+        check_plain_keys(sys.argv[1:], config_name)
     except ConfigError as err:
         fail(err)
 
@@ -182,5 +194,5 @@ def train_main() -> None:
 
 def eval_main() -> None:
     """``ugmm-eval`` / ``python eval.py ckpt_path=... [overrides]``."""
-    _precheck()
+    _precheck("eval")
     _eval_task()

@@ -258,8 +258,31 @@ def validate_data(cfg: DictConfig) -> None:
             )
 
 
+def check_resolves(cfg: Any, prefix: str = "") -> None:
+    """Every ``${...}`` of the config resolves (those needing Hydra's runtime only when it runs)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = cfg.keys() if OmegaConf.is_dict(cfg) else range(len(cfg))
+    for key in keys:
+        if not prefix and key == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        try:
+            node = cfg._get_node(key)
+            if OmegaConf.is_config(node) and not node._is_interpolation():
+                check_resolves(node, path + ".")
+            elif not OmegaConf.is_missing(cfg, key):
+                cfg[key]  # noqa: B018 - resolves the value
+        except OmegaConfBaseException as err:
+            text = " ".join(str(err).split())
+            if "HydraConfig was not set" in text:
+                continue  # ${hydra:...} outside a Hydra run: paths.output_dir, set by train()
+            raise ConfigError(f"{path}: {text.split(' full_key:')[0]}") from None
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Every check of a training config, in the order a user would fix them; raises :class:`ConfigError`."""
+    check_resolves(cfg)  # a broken ${...} in one line, not a traceback later
     _replaced_keys(cfg)
     check_node(cfg.model, ModelSchema, "model.")
     net = _target(cfg.model, "model")

@@ -18,8 +18,10 @@ from omegaconf import DictConfig
 
 from ugmm.config import ConfigError
 from ugmm.data import DataError
+from ugmm.divergence import EXIT_DIVERGED, TrainingDivergedError
 from ugmm.records import one_line_error, write_failed_job
-from ugmm.runs import discard_run_dir, in_multirun
+from ugmm.resume import TrainingInterruptedError
+from ugmm.runs import discard_run_dir, hydra_overrides, in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,17 @@ class Outcome:
     """How a job that raised ends."""
 
     status: str  # metrics.json's "status"
-    exit_code: int  # a single run's exit code
+    exit_code: int  # a single run's exit code (an exception's own ``exit_code`` attribute wins)
     user_error: bool  # one line on stderr, no traceback; a single run's dir is removed
+    stops_sweep: bool = False  # under -m: end the sweep (a signal) instead of recording the job and going on
 
 
-# exception types -> outcome, first match wins. The place to add a status: e.g. a divergence check
-# raising TrainingDiverged adds ``((TrainingDiverged,), Outcome("diverged", 3, user_error=False))``.
+# exception types -> outcome, first match wins. An exception may add fields to metrics.json by a
+# ``record()`` method and choose its exit code by an ``exit_code`` attribute (128 + signal).
 OUTCOMES: list[tuple[tuple[type[BaseException], ...], Outcome]] = [
     ((ConfigError, DataError), Outcome("failed", EXIT_USAGE, user_error=True)),
+    ((TrainingDivergedError,), Outcome("diverged", EXIT_DIVERGED, user_error=False)),
+    ((TrainingInterruptedError,), Outcome("interrupted", 1, user_error=False, stops_sweep=True)),
 ]
 UNEXPECTED = Outcome("failed", 1, user_error=False)  # any other exception: its traceback is shown
 
@@ -60,7 +65,21 @@ def _record(err: BaseException, outcome: Outcome) -> None:
 
     if HydraConfig.initialized() and _is_rank_zero():
         hc = HydraConfig.get()
-        write_failed_job(hc.runtime.output_dir, err, [str(o) for o in hc.overrides.task], status=outcome.status)
+        extra = err.record() if callable(getattr(err, "record", None)) else {}
+        write_failed_job(
+            hc.runtime.output_dir, err, [str(o) for o in hc.overrides.task], status=outcome.status, **extra
+        )
+
+
+def _message(err: BaseException, outcome: Outcome) -> str:
+    """The one line a stopped run prints; an interrupted one adds the command that resumes it."""
+    line = one_line_error(err)
+    if outcome.status == "interrupted" and getattr(err, "ckpt_path", None) is not None:
+        script = os.path.basename(sys.argv[0])
+        script = f"python {script}" if script.endswith(".py") else script
+        overrides = [o for o in hydra_overrides() if not o.startswith("ckpt_path=")]
+        line += "; resume with: " + " ".join([script, *overrides, "ckpt_path=last"])
+    return line
 
 
 def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -73,7 +92,7 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except Exception as err:
         outcome = outcome_of(err)
         finish_wandb(None, failed=True)  # every W&B run is finished, also a failed one
-        if in_multirun():
+        if in_multirun() and not outcome.stops_sweep:
             from hydra.core.hydra_config import HydraConfig
 
             hc = HydraConfig.get()
@@ -90,8 +109,8 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         _record(err, outcome)
         if outcome is UNEXPECTED:
             raise
-        print(f"error: {outcome.status}: {one_line_error(err)}", file=sys.stderr)
-        sys.exit(outcome.exit_code)
+        print(f"error: {_message(err, outcome)}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", outcome.exit_code))
     finally:
         release_ddp_environment()  # the next job of a multirun starts its own DDP ranks
 

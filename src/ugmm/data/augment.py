@@ -46,9 +46,13 @@ class RandomAffine:
         self.degrees, self.translate, self.scale = float(degrees), float(translate), (lo, hi)
         self.background = float(background)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x`` transformed; ``generator`` (a CPU one) draws the transforms, else torch's global generator."""
         b = x.shape[0]
-        u = torch.rand(b, 4, device=x.device, dtype=x.dtype)
+        if generator is None:
+            u = torch.rand(b, 4, device=x.device, dtype=x.dtype)
+        else:  # 4 numbers per image drawn on the CPU: the same on every device, and its state is small
+            u = torch.rand(b, 4, generator=generator, dtype=x.dtype).to(x.device, non_blocking=True)
         angle = (2 * u[:, 0] - 1) * math.radians(self.degrees)
         zoom = self.scale[0] + u[:, 1] * (self.scale[1] - self.scale[0])
         # affine_grid maps output coordinates in [-1, 1] to input coordinates: the inverse transform,

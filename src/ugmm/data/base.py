@@ -8,11 +8,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DataError(Exception):
-    """Data that cannot be found or read; the entry points print its one-line message and exit 2."""
+    """Data that cannot be found or read; the entry points print its one-line message and exit 2.
+
+    Line breaks in the message (a column name or value quoted from a file) are escaped, so it stays one line.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class InMemoryDataset(Dataset):
@@ -59,13 +65,120 @@ def _batch_as_is(batch):
     return batch
 
 
-def batch_loader(dataset: InMemoryDataset, batch_size: int, shuffle: bool, seed: int | None = None) -> DataLoader:
-    """A worker-free DataLoader over an in-memory dataset (the data is already in RAM or on the GPU)."""
-    generator = None
-    if shuffle and seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
+class EpochSampler(Sampler[int]):
+    """Row indices in a fresh random order each epoch, resumable in the middle of an epoch.
+
+    Epoch ``e`` visits ``randperm(n)`` drawn from a generator seeded with ``(seed, e)``, so the order
+    depends on nothing but the seed and the epoch number (not on what else drew random numbers).
+    Lightning calls :meth:`set_epoch` before each epoch and saves :meth:`state_dict` with the loop
+    state in every checkpoint (the loader is stateful, see :class:`ResumableLoader`); after
+    :meth:`load_state_dict` the next pass starts after the batches already trained on, in the same
+    permutation. How many those were comes from ``progress`` (the Trainer's count of training batches
+    run this epoch, not what the loader has prefetched), or else from the indices this sampler yielded.
+
+    Args:
+        n: number of rows.
+        seed: the run's shuffling seed.
+        batch_size: rows per batch (to skip whole batches).
+        progress: ``() -> (batches run this epoch, batches per epoch) | None``.
+    """
+
+    def __init__(
+        self, n: int, seed: int, batch_size: int, progress: Callable[[], tuple[int, int] | None] | None = None
+    ) -> None:
+        self.n, self.seed, self.batch_size = int(n), int(seed), int(batch_size)
+        self.progress = progress
+        self.epoch = 0
+        self._epoch_set = False
+        self._yielded = 0  # indices handed out in the current pass
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) for the next pass
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The permutation of epoch ``epoch``."""
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + int(epoch)) % (2**63 - 1))
+        return torch.randperm(self.n, generator=generator)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._epoch_set = True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self._epoch_set and self._yielded:  # nobody calls set_epoch: count the passes ourselves
+            self.epoch += 1
+        self._epoch_set = False
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1] * self.batch_size
+        self._resume = None
+        self._yielded = skip
+        for index in self.order(self.epoch)[skip:].tolist():
+            self._yielded += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        done = None if self.progress is None else self.progress()
+        if done is None:
+            batches, per_epoch = self._yielded // self.batch_size, math.ceil(self.n / self.batch_size)
+        else:
+            batches, per_epoch = done
+        if batches >= per_epoch:  # the epoch is over: the next one starts from its beginning
+            return {"seed": self.seed, "epoch": self.epoch + 1, "batches": 0}
+        return {"seed": self.seed, "epoch": self.epoch, "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["batches"]))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position is saved in checkpoints: its sampler's ``state_dict`` (Lightning
+    stores a stateful train loader's state with the fit loop and loads it back on resume)."""
+
+    def state_dict(self) -> dict:
+        sampler = self.sampler
+        return sampler.state_dict() if hasattr(sampler, "state_dict") else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state)
+
+
+def batch_loader(
+    dataset: InMemoryDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None = None,
+    progress: Callable[[], tuple[int, int] | None] | None = None,
+) -> DataLoader:
+    """A worker-free DataLoader over an in-memory dataset (the data is already in RAM or on the GPU).
+
+    ``shuffle``: an :class:`EpochSampler` (seeded with ``seed``, or one number drawn from torch's
+    global generator) in a :class:`ResumableLoader`. Every loader has a generator of its own, so
+    starting a pass never draws from the global one (which the dropout masks use).
+    """
+    if shuffle:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        sampler = EpochSampler(len(dataset), seed, batch_size, progress)
+        return ResumableLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=0,
+            collate_fn=_batch_as_is,
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0, collate_fn=_batch_as_is, generator=generator
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        collate_fn=_batch_as_is,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -142,7 +255,19 @@ class InMemoryDataModule(LightningDataModule):
     eval_batch_size: int
 
     def train_dataloader(self):
-        return batch_loader(self.splits["train"], per_rank_batch_size(self, self.batch_size), shuffle=True)
+        batch_size = per_rank_batch_size(self, self.batch_size)
+        return batch_loader(self.splits["train"], batch_size, shuffle=True, progress=self._training_progress)
+
+    def _training_progress(self) -> tuple[int, int] | None:
+        """``(training batches run this epoch, batches per epoch)`` from the attached Trainer, if any."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.state.fn == "fit":
+            return None
+        loop = trainer.fit_loop.epoch_loop
+        per_epoch = trainer.num_training_batches
+        if not math.isfinite(per_epoch):
+            return None
+        return int(loop.batch_progress.current.ready), int(per_epoch)
 
     def val_dataloader(self):
         return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)

@@ -111,7 +111,10 @@ class MNISTDataModule(InMemoryDataModule):
         normalize: standardise pixels with the data set's mean and std (as
             ``transforms.Normalize((0.1307,), (0.3081,))`` for MNIST); False keeps [0, 1].
         augment: None, or ``{degrees, translate, scale}`` of a :class:`RandomAffine` drawn per
-            training image and step (validation and test images are never augmented).
+            training image and step (validation and test images are never augmented). Applied to
+            each training batch as the training loop receives it (``on_after_batch_transfer``), in
+            step order, with the DataModule's own generator, whose state checkpoints carry
+            (:meth:`state_dict`), so a resumed run draws exactly what the uninterrupted one drew.
         device: where to keep the tensors (``"cuda"`` when training there); None = CPU.
 
     Batches: ``x`` float32 ``(B, 1, 28, 28)``, ``y`` int64 ``(B,)``.
@@ -151,6 +154,8 @@ class MNISTDataModule(InMemoryDataModule):
         self.augment = RandomAffine(**augment, background=background) if augment else None
         self.device = device
         self.splits: dict[str, InMemoryDataset] = {}
+        # augmentation draws: seeded from torch's global generator at setup (so by the run's seed)
+        self.augment_generator: torch.Generator | None = None
 
     def prepare_data(self) -> None:
         ensure_downloaded(self.data_dir, self.name, self.download)
@@ -159,6 +164,9 @@ class MNISTDataModule(InMemoryDataModule):
         if self.splits:
             return
         ensure_downloaded(self.data_dir, self.name, self.download)
+        if self.augment is not None and self.augment_generator is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+            self.augment_generator = torch.Generator().manual_seed(seed)
         x, y = load_split(self.data_dir, self.name, train=True)
         if not 0 < self.val_size < len(y):
             raise DataError(f"data.val_size={self.val_size} must be between 1 and {len(y) - 1}")
@@ -169,7 +177,34 @@ class MNISTDataModule(InMemoryDataModule):
         # scaled once to float32 (MNIST: 172 MB train + 15 MB val + 31 MB test): a batch is then one
         # index_select; scaling uint8 per batch costs 3 more elementwise passes for every step
         self.splits = {
-            "train": InMemoryDataset(self.transform(x[train_idx]), y[train_idx], self.augment).to(device),
+            "train": InMemoryDataset(self.transform(x[train_idx]), y[train_idx]).to(device),
             "val": InMemoryDataset(self.transform(x[val_idx]), y[val_idx]).to(device),
             "test": InMemoryDataset(self.transform(x_test), y_test).to(device),
         }
+
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A training batch augmented with the DataModule's generator (as it is if ``augment`` is None)."""
+        if self.augment is None:
+            return x
+        if self.augment_generator is None:
+            self.augment_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        return self.augment(x, generator=self.augment_generator)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        x, y = batch
+        return self.augment_batch(x), y
+
+    def state_dict(self) -> dict:
+        """The augmentation generator's state (saved in checkpoints; empty without augmentation)."""
+        if self.augment_generator is None:
+            return {}
+        return {"augment_generator": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "augment_generator" in state_dict:
+            if self.augment_generator is None:
+                self.augment_generator = torch.Generator()
+            self.augment_generator.set_state(state_dict["augment_generator"])

@@ -76,7 +76,10 @@ class SweepSummary:
 
     def _title(self) -> str:
         n_ok = sum(j.ok for j in self.jobs)
-        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok} failed"
+        n_diverged = sum(j.status == "diverged" for j in self.jobs)  # robust (issue 12): NaN loss, stopped
+        title = f"Sweep summary: {len(self.jobs)} jobs, {n_ok} ok, {len(self.jobs) - n_ok - n_diverged} failed"
+        if n_diverged:
+            title += f", {n_diverged} diverged"
         if self.monitor:
             title += f"; sorted by {self.monitor} ({self.mode})"
         return title
