@@ -75,8 +75,14 @@ def _instantiate(cfg, group: str, tmp_path: Path) -> None:
         dm = build_datamodule(cfg.data)
         assert dm.n_features > 0 and dm.n_classes > 1
     elif group in ("model", "loss"):
-        module = build_module(cfg, type("DM", (), {"n_features": 4, "n_classes": 3})())
-        assert module.net.sizes[0] in (4, 5) and type(module).__name__ == cfg.loss._target_.rsplit(".", 1)[1]
+        images = cfg.model._target_ == "ugmm.nn.ConvNet"  # conv models read 28x28 images
+        n_features = 784 if images else 4
+        module = build_module(cfg, type("DM", (), {"n_features": n_features, "n_classes": 3})())
+        net = module.net.head if images else module.net
+        assert net.sizes[0] == (
+            cfg.model.n_features if images else n_features + (cfg.loss._target_.endswith("DensityModel"))
+        )
+        assert type(module).__name__ == cfg.loss._target_.rsplit(".", 1)[1]
         assert type(module.net).__name__ == cfg.model._target_.rsplit(".", 1)[1]
     elif group in ("optimizer", "scheduler"):
         opt = build_optimizer(params, cfg.optimizer)

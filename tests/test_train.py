@@ -19,7 +19,9 @@ QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "tr
 
 @pytest.fixture(scope="module")
 def fake_mnist(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("mnist"), n_train=300, n_test=60)
+    root = tmp_path_factory.mktemp("mnist")
+    write_fake_mnist(root, name="FashionMNIST", n_train=300, n_test=60)
+    return write_fake_mnist(root, n_train=300, n_test=60)
 
 
 def _mnist_small(root: Path) -> list[str]:
@@ -35,7 +37,7 @@ def _run(tmp_path: Path, overrides: list[str]) -> tuple[float, dict]:
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_fast_dev_run_of_every_experiment(tmp_path, fake_mnist, experiment):
     overrides = [f"experiment={experiment}", "debug=fdr", "model.width=8"]
-    if make_cfg(overrides).data.name == "MNIST":
+    if make_cfg(overrides).data.name in ("MNIST", "FashionMNIST"):
         overrides += _mnist_small(fake_mnist)
     best, record = _run(tmp_path, overrides)
     monitor = make_cfg(overrides).monitor  # val/acc by default; paper_iris picks by val/loglik

@@ -30,7 +30,7 @@ def check_plain_keys(args: list[str], config_name: str = "train") -> None:
         key = arg.split("=", 1)[0]
         if key.startswith(("+", "~")) or key.startswith("hydra.") or key == "hydra":
             continue
-        if "/" in key or group_options(key):  # a config group (data=iris, debug=fdr, hparams_search=...)
+        if "/" in key or (key.isidentifier() and group_options(key)):  # a group: data=iris, debug=fdr, ...
             value = arg.split("=", 1)[1]
             if "," in value or any(c in value for c in "()[]{}*?$"):
                 plain_check = False  # a sweep over options: each job composes its own keys

@@ -73,7 +73,7 @@ def _record(err: BaseException, outcome: Outcome) -> None:
 
 def _message(err: BaseException, outcome: Outcome) -> str:
     """The one line a stopped run prints; an interrupted one adds the command that resumes it."""
-    line = one_line_error(err)
+    line = " ".join(str(err).split())  # the exception's own sentence, without its type's name
     if outcome.status == "interrupted" and getattr(err, "ckpt_path", None) is not None:
         script = os.path.basename(sys.argv[0])
         script = f"python {script}" if script.endswith(".py") else script
