@@ -4,6 +4,9 @@
 #   1. the Triton tests on the real GPU (compiled kernels; the CPU interpreter run comes along)
 #   2. the 50-epoch MNIST training loop, data resident on the GPU (scripts/mnist_timing.py)
 #   3. python scripts/benchmark.py (the op benchmark), if present
+#   4. python train.py experiment=paper_mnist trainer=gpu (GPU_CHECK_TRAIN_EPOCHS epochs, default 2)
+#   5. one checkpoint evaluated on 1 GPU and, with 2+ GPUs, under a 2-process trainer=ddp training run and
+#      eval.py trainer=ddp: identical test metrics (scripts/ddp_eval_check.py)
 #
 # Every step's log and the timing JSON go to $OUT (default outputs/gpu_check, git-ignored). Steps run
 # even when an earlier one fails; the exit status is non-zero if any failed. The package need not be
@@ -17,7 +20,7 @@
 #
 # Options (environment): GPU_CHECK_EPOCHS (50), GPU_CHECK_STEP_TIMEOUT (seconds per step, 180: the three
 # steps fit one 10-minute device call), GPU_CHECK_SKIP ("tests", "mnist" and/or "benchmark",
-# space-separated), GPU_CHECK_MNIST_ARGS (extra arguments of mnist_timing.py). CPU smoke run:
+# space-separated; also "train" and "ddp"), GPU_CHECK_MNIST_ARGS (extra arguments of mnist_timing.py). CPU smoke run:
 #
 #   GPU_CHECK_EPOCHS=1 GPU_CHECK_MNIST_ARGS="--device cpu --limit 512 --backend reference" \
 #       GPU_CHECK_SKIP=benchmark bash scripts/gpu_check.sh
@@ -79,6 +82,19 @@ if [[ -f scripts/benchmark.py ]]; then
     run_step benchmark "$PY" scripts/benchmark.py
 else
     summary+=("benchmark: scripts/benchmark.py not found")
+fi
+
+# 4. the real command on one GPU
+run_step train "$PY" train.py experiment=paper_mnist trainer=gpu "trainer.max_epochs=${GPU_CHECK_TRAIN_EPOCHS:-2}" \
+    logger=none "paths.log_dir=$OUT_DIR/logs" trainer.enable_progress_bar=false callbacks.rich_progress_bar=null
+
+# 5. exact evaluation: one checkpoint, the same test metrics on 1 GPU and under DDP
+n_gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [[ "$n_gpus" -ge 2 ]]; then
+    run_step ddp "$PY" scripts/ddp_eval_check.py --train "trainer=ddp trainer.devices=2" \
+        --eval trainer=gpu "trainer=ddp trainer.devices=2"
+else
+    run_step ddp "$PY" scripts/ddp_eval_check.py --train trainer=gpu --eval trainer=gpu "trainer=ddp_cpu"
 fi
 
 printf '%s\n' "${summary[@]}" | tee "$OUT_DIR/summary.txt"

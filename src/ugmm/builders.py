@@ -12,12 +12,14 @@ from typing import Any
 import hydra
 from hydra.errors import InstantiationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 
 from ugmm.config import ConfigError
 from ugmm.containers import plain
 from ugmm.data import DataError
 from ugmm.data.mnist import MNIST_FAMILY
+from ugmm.integrations.ddp import HydraDDPStrategy
 
 
 def _unwrapped(err: InstantiationException) -> Exception:
@@ -81,9 +83,24 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> Trainer:
-    """``lightning.Trainer`` from the ``trainer`` node; its own argument checks become one-line errors."""
+    """``lightning.Trainer`` from the ``trainer`` node; its own argument checks become one-line errors.
+
+    Lightning's own multi-process DDP (``trainer.strategy=ddp``, ``ddp_spawn``, or ``auto`` with several
+    devices) is replaced by :class:`~ugmm.integrations.ddp.HydraDDPStrategy` with the same backend and
+    options, so a DDP job keeps one output directory (Lightning's would re-run the command line).
+    """
+    trainer = _instantiate_trainer(cfg.trainer, callbacks, loggers)
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy, HydraDDPStrategy) and trainer.world_size > 1:
+        options = {k: v for k, v in strategy._ddp_kwargs.items() if k != "start_method"}
+        hydra_aware = HydraDDPStrategy(process_group_backend=strategy._process_group_backend, **options)
+        trainer = _instantiate_trainer(cfg.trainer, callbacks, loggers, strategy=hydra_aware)
+    return trainer
+
+
+def _instantiate_trainer(trainer: DictConfig, callbacks: list, loggers: list, **overrides: Any) -> Trainer:
     try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        return hydra.utils.instantiate(trainer, callbacks=callbacks, logger=loggers or False, **overrides)
     except InstantiationException as err:
         cause = err.__cause__ or err
         first = (str(cause).strip().splitlines() or [""])[0]

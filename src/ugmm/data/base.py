@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
@@ -270,10 +271,30 @@ class InMemoryDataModule(LightningDataModule):
         return int(loop.batch_progress.current.ready), int(per_epoch)
 
     def val_dataloader(self):
-        return batch_loader(self.splits["val"], self.eval_batch_size, shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self):
-        return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Every row of ``split`` exactly once over all ranks.
+
+        Under DDP each rank takes rows ``rank, rank + world, ...`` (Lightning's unpadded sampler): the
+        ranks' shares differ by at most one row, and the metrics (torchmetrics, summed over ranks at
+        the epoch's end) count every row once. Lightning's default DistributedSampler would instead pad
+        the split to a multiple of the world size with repeated rows, counting them twice.
+        """
+        dataset = self.splits[split]
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1:
+            return batch_loader(dataset, self.eval_batch_size, shuffle=False)
+        if len(dataset) < world:
+            raise DataError(f"the {split} split has {len(dataset)} rows, fewer than the {world} DDP ranks")
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=sampler, num_workers=0, collate_fn=_batch_as_is
+        )
 
     def train_sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``n`` training rows ``(x, y)``, drawn without replacement with ``generator``.

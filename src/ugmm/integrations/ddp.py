@@ -134,6 +134,10 @@ class HydraDDPStrategy(DDPStrategy):
 
     def __init__(self, entry_point: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("start_method", "popen")
+        # no buffer broadcast in each forward: evaluation gives the ranks unequal numbers of batches (every
+        # row counted once, see ugmm.data.base), and a collective in one rank's extra forward would hang.
+        # The models' buffers are constants (the density model's label states), so nothing is lost.
+        kwargs.setdefault("broadcast_buffers", False)
         super().__init__(**kwargs)
         self._entry_point = entry_point
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from torchmetrics.classification import MulticlassAccuracy
 
 from ugmm.modules.base import BaseModule, build_net
+from ugmm.modules.metrics import CalibrationError, RowMean
 
 
 class Classifier(BaseModule):
@@ -40,10 +40,10 @@ class Classifier(BaseModule):
         super().__init__(n_features, n_classes, model, optimizer, scheduler, data)
         self.net = build_net(self.hparams["model"], int(n_features), int(n_classes))
         for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_loss", RowMean())
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=int(n_classes), average="micro"))
-        self.val_ece = MulticlassCalibrationError(num_classes=int(n_classes), n_bins=15)
-        self.test_ece = MulticlassCalibrationError(num_classes=int(n_classes), n_bins=15)
+        self.val_ece = CalibrationError(num_classes=int(n_classes), n_bins=15)
+        self.test_ece = CalibrationError(num_classes=int(n_classes), n_bins=15)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_classes)``."""
@@ -56,8 +56,10 @@ class Classifier(BaseModule):
         x, y = batch
         logits = self(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
+        # per row in float64 for the epoch metric: the same value whatever the batch (see modules.metrics)
+        losses = torch.nn.functional.cross_entropy(logits.detach().double(), y, reduction="none")
         # update, not forward: the logged values are the epoch's (on_step=False), so no per-batch compute
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(losses)
         getattr(self, f"{stage}_acc").update(logits.detach(), y)
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, prog_bar=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from torchmetrics.classification import MulticlassAccuracy
 
 from ugmm.containers import plain
 from ugmm.modules.base import BaseModule, build_net, net_class
+from ugmm.modules.metrics import CalibrationError, RowMean
 from ugmm.nn import log_joint, log_joint_all, uGMMNet
 from ugmm.uncertainty import log_marginal
 
@@ -77,10 +77,10 @@ class DensityModel(BaseModule):
         states = torch.arange(int(n_classes), dtype=torch.float32) * self.label_scale
         self.register_buffer("states", states, persistent=False)
         for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_nll", MeanMetric())
+            setattr(self, f"{stage}_nll", RowMean())
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=int(n_classes), average="micro"))
-            setattr(self, f"{stage}_ece", MulticlassCalibrationError(num_classes=int(n_classes), n_bins=15))
+            setattr(self, f"{stage}_ece", CalibrationError(num_classes=int(n_classes), n_bins=15))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Joint scores ``log p(x, y=c)`` for every class, ``(B, n_classes)``."""
@@ -125,14 +125,15 @@ class DensityModel(BaseModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        nll = -log_joint(self.net, x.flatten(1), self.label_value(y, x.dtype)).mean()
+        nlls = -log_joint(self.net, x.flatten(1), self.label_value(y, x.dtype))
+        nll = nlls.mean()
         loss = nll
         if self.conditional_weight > 0.0:
             # -log p(y | x) over the MAP scores (full mixtures, as at inference: no component dropout)
             cond_nll = torch.nn.functional.cross_entropy(self(x), y)
             loss = nll + self.conditional_weight * cond_nll
             self.log("train/cond_nll", cond_nll.detach(), on_step=False, on_epoch=True)
-        self.train_nll(nll.detach(), weight=len(y))
+        self.train_nll.update(nlls.detach())
         self.log("train/nll", self.train_nll, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss
@@ -142,9 +143,9 @@ class DensityModel(BaseModule):
         scores = self(x)  # (B, C)
         loglik = scores.gather(1, y.unsqueeze(1)).squeeze(1)  # log p(x, y) of the true label
         nll = getattr(self, f"{stage}_nll")
-        nll(-loglik.mean(), weight=len(y))
-        getattr(self, f"{stage}_acc")(scores, y)
-        getattr(self, f"{stage}_ece")(scores.softmax(dim=-1), y)
+        nll.update(-loglik)
+        getattr(self, f"{stage}_acc").update(scores, y)
+        getattr(self, f"{stage}_ece").update(scores.softmax(dim=-1), y)
         self.log(f"{stage}/nll", nll, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/ece", getattr(self, f"{stage}_ece"), on_step=False, on_epoch=True)
