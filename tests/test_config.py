@@ -353,3 +353,58 @@ def test_train_py_bad_config_exits_2_with_one_line(tmp_path, args):
     assert "Traceback" not in result.stdout + result.stderr
     # no half-written run dir stays behind
     assert not any(Path(logs).rglob("*")) if logs.exists() else True
+
+
+def test_paper_mnist_is_the_reference_notebooks_setting():
+    """The values of the public reference notebook (zakeria/uGMM, MNIST): pinned so they cannot drift."""
+    cfg = make_cfg(["experiment=paper_mnist"])
+    reference = {
+        "pixels in [0, 1] (ToTensor only)": (cfg.data.normalize, False),
+        "batch size": (cfg.data.batch_size, 256),
+        "topology 784-128-64-10": ((cfg.model.width, cfg.model.depth), (128, 2)),
+        "dropout 0.2 on the first layer": (cfg.model.dropout, 0.2),
+        "reference initialisation": (cfg.model.init, "reference"),
+        "sigma = exp(raw)": (cfg.model.std_param, "exp"),
+        "Adam": (cfg.optimizer._target_, "torch.optim.Adam"),
+        "lr 1e-2": (cfg.optimizer.lr, 0.01),
+        "no weight decay": (cfg.optimizer.weight_decay, 0.0),
+        "MultiStepLR": (cfg.scheduler._target_, MULTISTEP),
+        "milestones [20, 45]": (list(cfg.scheduler.milestones), [20, 45]),
+        "gamma 0.1": (cfg.scheduler.gamma, 0.1),
+        "50 epochs": (cfg.trainer.max_epochs, 50),
+        "cross-entropy on the log-densities": (cfg.loss._target_, "ugmm.modules.Classifier"),
+    }
+    assert {k: got for k, (got, _) in reference.items()} == {k: want for k, (_, want) in reference.items()}
+    # the tuned experiments built on it keep the standardised pixels they were measured with
+    assert (
+        make_cfg(["experiment=mnist_tuned"]).data.normalize and make_cfg(["experiment=mnist_tuned_aug"]).data.normalize
+    )
+
+
+@pytest.mark.parametrize(
+    "experiment", [e for e in EXPERIMENTS if make_cfg([f"experiment={e}"]).loss._target_.endswith("Classifier")]
+)
+def test_model_mlp_runs_on_every_classifier_experiment(experiment):
+    """``experiment=X model=mlp``: the same-size MLP on X's recipe; uGMM-only keys are ignored."""
+    from ugmm.modules.base import net_arguments
+
+    ugmm, mlp = make_cfg([f"experiment={experiment}"]), make_cfg([f"experiment={experiment}", "model=mlp"])
+    validate_train_config(mlp)
+    images = ugmm.model._target_ == "ugmm.nn.ConvNet"
+    module = build_module(mlp, type("DM", (), {"n_features": 784, "n_classes": 10})())
+    assert type(module.net).__name__ == "MLP"
+    if not images:  # the same topology and dropout as the uGMM-NN it is compared with
+        assert module.net.sizes == [784, *[max(1, ugmm.model.width // 2**i) for i in range(ugmm.model.depth)], 10]
+    _, ignored = net_arguments(mlp.model)
+    assert set(ignored) <= {"std_floor", "std_param", "backend", "image_shape", "channels", "n_features", "head"}
+    for group in ("data", "optimizer", "scheduler", "trainer"):  # the identical recipe
+        assert mlp[group] == ugmm[group], group
+
+
+def test_mnist_without_a_validation_split_needs_a_training_monitor():
+    cfg = make_cfg(["data.val_size=0"])
+    with pytest.raises(
+        ConfigError, match="data.val_size=0 leaves no validation rows to compute monitor.metric=val/acc"
+    ):
+        validate_train_config(cfg)
+    validate_train_config(make_cfg(["data.val_size=0", "monitor.metric=train/loss", "monitor.mode=min"]))

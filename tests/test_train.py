@@ -184,3 +184,12 @@ def test_eval_errors_are_config_errors(tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="is not a readable uGMM-NN checkpoint"):
         evaluate(make_cfg([f"paths.log_dir={tmp_path}", f"ckpt_path={bogus}"], config_name="eval"))
+
+
+def test_mnist_on_every_training_image_tests_the_trained_model(tmp_path, fake_mnist):
+    """``data.val_size=0``: all training images, a training monitor, no validation metrics."""
+    overrides = [*_mnist_small(fake_mnist), "data.val_size=0", "monitor.metric=train/loss", "monitor.mode=min"]
+    _, record = _run(tmp_path, [*overrides, "model.width=8", "trainer.max_epochs=2", "logger=none"])
+    assert record["status"] == "ok" and record["monitor"] == "train/loss"
+    assert "test/acc" in record["metrics"] and not any(k.startswith("val/") for k in record["metrics"])
+    assert Path(record["best_ckpt"]).is_file()

@@ -68,7 +68,7 @@ class MNISTDataSchema:
     data_dir: str = spec(nonempty="give data.data_dir=<folder> or set UGMM_DATA_DIR")
     batch_size: int = spec(ge=1)
     eval_batch_size: int = spec(ge=1)
-    val_size: int = spec(ge=1, lt=60000)
+    val_size: int = spec(ge=0, lt=60000)
     split_seed: int = spec(ge=0)
 
 
@@ -240,6 +240,8 @@ def validate_data(cfg: DictConfig) -> None:
                 RandomAffine(**OmegaConf.to_container(augment))
             except DataError as err:
                 raise ConfigError(str(err)) from None
+        if data.get("val_size") == 0:
+            _check_monitor_without_validation(cfg, "data.val_size=0")
     elif issubclass(cls, TabularDataModule):
         if data.get("name") == "csv" and (OmegaConf.is_missing(data, "path") or not data.get("path")):
             raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label>")
@@ -249,13 +251,18 @@ def validate_data(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"data.test_fraction + data.val_fraction = {test + val:g} must be < 1 to leave training rows"
             )
-        monitor = OmegaConf.select(cfg, "monitor.metric")
-        if val == 0.0 and str(monitor).startswith("val/"):
-            # without validation rows nothing logs val/*: checkpointing and early stopping would fail mid-run
-            raise ConfigError(
-                f"data.val_fraction=0 leaves no validation rows to compute monitor.metric={monitor}: "
-                "monitor a training metric (monitor.metric=train/nll monitor.mode=min) or keep val_fraction > 0"
-            )
+        if val == 0.0:
+            _check_monitor_without_validation(cfg, "data.val_fraction=0")
+
+
+def _check_monitor_without_validation(cfg: DictConfig, setting: str) -> None:
+    """Without validation rows nothing logs val/*: checkpointing and early stopping would fail mid-run."""
+    monitor = OmegaConf.select(cfg, "monitor.metric")
+    if str(monitor).startswith("val/"):
+        raise ConfigError(
+            f"{setting} leaves no validation rows to compute monitor.metric={monitor}: monitor a training "
+            "metric (monitor.metric=train/loss monitor.mode=min; train/nll for loss=nll) or keep a validation split"
+        )
 
 
 def check_resolves(cfg: Any, prefix: str = "") -> None:

@@ -287,7 +287,7 @@ class InMemoryDataModule(LightningDataModule):
         dataset = self.splits[split]
         trainer = getattr(self, "trainer", None)
         world = trainer.world_size if trainer is not None else 1
-        if world <= 1:
+        if world <= 1 or len(dataset) == 0:
             return batch_loader(dataset, self.eval_batch_size, shuffle=False)
         if len(dataset) < world:
             raise DataError(f"the {split} split has {len(dataset)} rows, fewer than the {world} DDP ranks")

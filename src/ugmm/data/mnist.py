@@ -107,7 +107,8 @@ class MNISTDataModule(InMemoryDataModule):
         data_dir: the folder holding ``<name>/raw`` (torchvision's layout).
         download: fetch the files when they are absent (never when present).
         batch_size, eval_batch_size: training and evaluation batch sizes.
-        val_size: training images held out for validation (chosen with ``split_seed``).
+        val_size: training images held out for validation (chosen with ``split_seed``); 0 trains on all
+            of them (then monitor a training metric, e.g. ``monitor.metric=train/loss monitor.mode=min``).
         normalize: standardise pixels with the data set's mean and std (as
             ``transforms.Normalize((0.1307,), (0.3081,))`` for MNIST); False keeps [0, 1].
         augment: None, or ``{degrees, translate, scale}`` of a :class:`RandomAffine` drawn per
@@ -168,8 +169,8 @@ class MNISTDataModule(InMemoryDataModule):
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
             self.augment_generator = torch.Generator().manual_seed(seed)
         x, y = load_split(self.data_dir, self.name, train=True)
-        if not 0 < self.val_size < len(y):
-            raise DataError(f"data.val_size={self.val_size} must be between 1 and {len(y) - 1}")
+        if not 0 <= self.val_size < len(y):
+            raise DataError(f"data.val_size={self.val_size} must be between 0 (train on every image) and {len(y) - 1}")
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
         x_test, y_test = load_split(self.data_dir, self.name, train=False)
