@@ -208,7 +208,7 @@ BAD = [
     (["scheduler.milestones=[0,3]"], "scheduler.milestones=[0, 3] must be a list of positive epoch numbers"),
     (["data=csv"], "data.path is required"),
     (["data=iris", "data.val_fraction=0.9"], "must be < 1"),
-    (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is out of range: must be in [1, 60000)"),
+    (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is out of range: must be in [0, 60000)"),
     (["data=iris", "trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range"),
     (["data=iris", "seed=-1"], "seed=-1 is out of range: must be >= 0"),
     (["data=iris", "monitor.mode=best"], "monitor.mode=best is not allowed; choose one of: max, min"),
