@@ -121,7 +121,7 @@ class DensityModel(BaseModule):
         if not sigma > first.std_floor:
             raise ValueError(f"label_std * label_scale = {sigma:g} must exceed model.std_floor={first.std_floor:g}")
         excess = torch.full_like(first.raw_std[:, -1], sigma - first.std_floor)
-        first.raw_std[:, -1] = first._raw_from_std(excess)  # the layer's own inverse of its parameterisation
+        first.raw_std[:, -1] = first.raw_std_for(excess)  # the layer's own inverse of its parameterisation
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

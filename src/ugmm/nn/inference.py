@@ -46,7 +46,7 @@ def log_joint_all(net: uGMMNet, x: torch.Tensor, var_index: int, states: torch.T
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(first.mean.dtype)
         states = states.to(device=x.device, dtype=x.dtype).reshape(-1)
-        stds, log_w = first._stds(), first._log_weights(None)
+        stds, log_w = first.component_stds(), first.component_log_weights()
         without_var = log_w.index_fill(1, torch.tensor([var_index], device=x.device), float("-inf"))
         partial = mixture_loglik(x, first.mean, stds, without_var, backend=first.backend)  # (B, n_out)
         mu_v, sd_v, lw_v = first.mean[:, var_index], stds[:, var_index], log_w[:, var_index]

@@ -100,7 +100,7 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         """The reference initialisation: mu ~ N(0, 1), sigma ~ U(0, 1) (plus the floor), w ~ U(0, 1)."""
         with torch.no_grad():
             nn.init.normal_(self.mean)
-            self.raw_std.copy_(self._raw_from_std(torch.rand_like(self.raw_std)))
+            self.raw_std.copy_(self.raw_std_for(torch.rand_like(self.raw_std)))
             nn.init.uniform_(self.logits)
 
     @torch.no_grad()
@@ -122,10 +122,11 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         self.mean.copy_(x[rows])
         spread = x.std(dim=0)
         spread = spread.clamp_min(max(float(spread.mean()), 1e-3))
-        self.raw_std.copy_(self._raw_from_std(spread.expand(self.n_nodes, -1)))
+        self.raw_std.copy_(self.raw_std_for(spread.expand(self.n_nodes, -1)))
 
-    def _raw_from_std(self, excess: torch.Tensor) -> torch.Tensor:
-        """The ``raw_std`` that gives ``sigma = std_floor + excess`` (``excess`` > 0)."""
+    def raw_std_for(self, excess: torch.Tensor) -> torch.Tensor:
+        """The ``raw_std`` that gives ``sigma = std_floor + excess`` (``excess`` > 0): the inverse of the
+        parameterisation, for setting sigmas directly."""
         excess = excess.clamp_min(1e-6)  # keeps the inverse finite
         if self.std_param == "exp":
             return excess.log()
@@ -140,19 +141,21 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
     @property
     def stds(self) -> torch.Tensor:
         """sigma after the floor, ``(n_nodes, n_nodes_in)``."""
-        return self._stds().detach()
+        return self.component_stds().detach()
 
     @property
     def log_weights(self) -> torch.Tensor:
         """log pi, ``(n_nodes, n_nodes_in)``; every row logsumexps to 0."""
         return torch.log_softmax(self.logits.detach(), dim=-1)
 
-    def _stds(self) -> torch.Tensor:
+    def component_stds(self) -> torch.Tensor:
+        """sigma after the floor, ``(n_nodes, n_nodes_in)``, differentiable (``stds`` is its detached view)."""
         if self.std_param == "exp":
             return self.std_floor + self.raw_std.exp()
         return self.std_floor + F.softplus(self.raw_std)
 
-    def _log_weights(self, drop: torch.Tensor | None) -> torch.Tensor:
+    def component_log_weights(self, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """log pi with the components in ``drop`` (a boolean mask, True = dropped) removed, differentiable."""
         logits = self.logits if drop is None else self.logits.masked_fill(drop, float("-inf"))
         return torch.log_softmax(logits, dim=-1)
 
@@ -177,7 +180,9 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             drop = None
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(self.mean.dtype)
-            return mixture_loglik(x, self.mean, self._stds(), self._log_weights(drop), backend=self.backend)
+            return mixture_loglik(
+                x, self.mean, self.component_stds(), self.component_log_weights(drop), backend=self.backend
+            )
 
     def extra_repr(self) -> str:
         return (
