@@ -21,7 +21,6 @@ in the feature's own units (cm), mean +- std over the seeds::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import subprocess
@@ -31,7 +30,9 @@ from pathlib import Path
 
 import torch
 
+from ugmm.builders import build_datamodule
 from ugmm.data import TabularDataModule
+from ugmm.data.tabular import read_header
 from ugmm.modules import DensityModel
 from ugmm.nn import impute_mean, impute_mpe
 
@@ -63,9 +64,7 @@ def train_paper_iris(seed: int, log_dir: Path, extra: list[str]) -> Path:
 
 def datamodule_from(model: DensityModel) -> TabularDataModule:
     """The checkpoint's own data split (same rows, same standardisation)."""
-    data = dict(model.hparams["data"] or {})
-    accepted = inspect.signature(TabularDataModule).parameters
-    datamodule = TabularDataModule(**{k: v for k, v in data.items() if k in accepted})
+    datamodule = build_datamodule(model.hparams["data"])
     datamodule.setup()
     return datamodule
 
@@ -76,7 +75,7 @@ def impute_errors(ckpt: Path) -> dict[str, dict[str, float]]:
     model = DensityModel.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     datamodule = datamodule_from(model)
     train, test = datamodule.splits["train"], datamodule.splits["test"]
-    header = [c for c in _columns(datamodule.path) if c != datamodule.target]
+    header = [c for c in read_header(datamodule.path) if c != datamodule.target]
     label_column = train.x.shape[1]
     states = model.states
     rows = torch.cat([test.x, model.label_value(test.y).unsqueeze(1)], dim=1)
@@ -99,12 +98,6 @@ def impute_errors(ckpt: Path) -> dict[str, dict[str, float]]:
             "mean": rmse(mean),
         }
     return out
-
-
-def _columns(path: Path) -> list[str]:
-    from ugmm.data.tabular import read_header
-
-    return read_header(path)
 
 
 def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:

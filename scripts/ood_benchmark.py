@@ -23,7 +23,6 @@ Every finished run is written to ``--out`` at once (a stop loses nothing; a reru
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import subprocess
@@ -73,15 +72,14 @@ def load_module(ckpt: str):
 
 def image_sets(module, data_dir: str | None, n: int | None, seed: int) -> tuple[str, dict[str, torch.Tensor]]:
     """The in-distribution test images and the shifted sets, normalised as the checkpoint's data module does."""
-    from ugmm.data.mnist import MNISTDataModule, load_split
+    from ugmm.builders import build_datamodule
+    from ugmm.data.mnist import load_split
     from ugmm.uncertainty import noise_images, rotate_images
 
     data = dict(module.hparams["data"])
-    data.pop("_target_", None)
     if data_dir is not None:
         data["data_dir"] = data_dir
-    accepted = inspect.signature(MNISTDataModule).parameters
-    datamodule = MNISTDataModule(**{k: v for k, v in data.items() if k in accepted})
+    datamodule = build_datamodule(data)  # its data_dir and pixel normalisation, as in training
     name = datamodule.name
 
     def raw(which: str) -> torch.Tensor:

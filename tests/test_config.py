@@ -395,7 +395,7 @@ def test_model_mlp_runs_on_every_classifier_experiment(experiment):
     assert type(module.net).__name__ == "MLP"
     if not images:  # the same topology and dropout as the uGMM-NN it is compared with
         assert module.net.sizes == [784, *[max(1, ugmm.model.width // 2**i) for i in range(ugmm.model.depth)], 10]
-    _, ignored = net_arguments(mlp.model)
+    _, _, ignored = net_arguments(mlp.model)
     assert set(ignored) <= {"std_floor", "std_param", "backend", "image_shape", "channels", "n_features", "head"}
     for group in ("data", "optimizer", "scheduler", "trainer"):  # the identical recipe
         assert mlp[group] == ugmm[group], group

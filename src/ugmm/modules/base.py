@@ -36,8 +36,8 @@ def net_class(model: Mapping) -> type:
     return get_class(target)
 
 
-def net_arguments(model: Mapping) -> tuple[dict, list[str]]:
-    """The keyword arguments the network class of ``model`` takes, and the keys it does not take.
+def net_arguments(model: Mapping) -> tuple[type, dict, list[str]]:
+    """The network class of ``model``, the keyword arguments it takes, and the keys it does not take.
 
     Keys the class has no parameter for (a uGMM experiment's ``std_floor`` under ``model=mlp``) are
     left out, so a baseline runs on exactly the same recipe as the uGMM-NN it is compared with.
@@ -55,7 +55,7 @@ def net_arguments(model: Mapping) -> tuple[dict, list[str]]:
             kwargs[key] = value
         else:
             ignored.append(key)
-    return kwargs, ignored
+    return cls, kwargs, ignored
 
 
 def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
@@ -64,8 +64,7 @@ def build_net(model: Mapping, n_inputs: int, n_outputs: int) -> torch.nn.Module:
     The class is called with ``(n_inputs, n_outputs)`` and every key it accepts besides ``_target_``,
     ``_partial_`` and :data:`MODULE_KEYS` (see :func:`net_arguments`; the others are logged and ignored).
     """
-    kwargs, ignored = net_arguments(model)
-    cls = net_class(plain(model))
+    cls, kwargs, ignored = net_arguments(model)
     if ignored:
         log.info("model keys %s do not apply to %s: ignored", ", ".join(ignored), cls.__name__)
     return cls(int(n_inputs), int(n_outputs), **kwargs)
