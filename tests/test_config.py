@@ -401,6 +401,17 @@ def test_model_mlp_runs_on_every_classifier_experiment(experiment):
         assert mlp[group] == ugmm[group], group
 
 
+@pytest.mark.parametrize("experiment", ["paper_mnist", "mnist_tuned_aug", "cnn_mnist"])
+def test_model_linear_is_softmax_regression_on_any_experiment(experiment):
+    """``model=linear``: one Linear layer whatever sizes the experiment sets, with the experiment's recipe."""
+    ugmm, linear = make_cfg([f"experiment={experiment}"]), make_cfg([f"experiment={experiment}", "model=linear"])
+    validate_train_config(linear)
+    module = build_module(linear, type("DM", (), {"n_features": 784, "n_classes": 10})())
+    assert [tuple(p.shape) for p in module.net.parameters()] == [(10, 784), (10,)]
+    for group in ("data", "optimizer", "scheduler", "trainer"):
+        assert linear[group] == ugmm[group], group
+
+
 def test_mnist_without_a_validation_split_needs_a_training_monitor():
     cfg = make_cfg(["data.val_size=0"])
     with pytest.raises(

@@ -142,3 +142,19 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return "sizes=" + "-".join(map(str, self.sizes))
+
+
+class LinearClassifier(nn.Module):
+    """The linear baseline: softmax regression, one ``Linear(n_inputs, n_outputs)`` on the flattened input.
+
+    Takes no width, depth or dropout, so ``model=linear`` on any experiment is the same linear model
+    (the experiment's sizes are ignored, with a log line, as for any key a class does not take).
+    Shapes: ``(B, *)`` -> logits ``(B, n_outputs)``.
+    """
+
+    def __init__(self, n_inputs: int, n_outputs: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(int(n_inputs), int(n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
