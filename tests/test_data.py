@@ -124,4 +124,4 @@ def test_csv_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,x\n3,oops,y\n")
     with pytest.raises(DataError, match=r"bad.csv:3, column b: feature value 'oops' is not a number"):
-        TabularDataModule(path=str(bad), target="label").setup()
+        TabularDataModule(path=str(bad), target="label", categorical="reject").setup()

@@ -11,19 +11,25 @@ Every successful training job writes ``<run dir>/metrics.json`` (atomically)::
 
     {"status": "ok", "monitor": "val/acc", "mode": "max", "best": 0.97, "metrics": {...},
      "overrides": [...], "wall_time_s": 12.3, "best_ckpt": ".../checkpoints/epoch_004.ckpt"}
+
+A table's run adds ``"preprocessing"`` (what was imputed and one-hot encoded) when there was any. A
+cross-validation (``data.cv_folds=k``) writes one record for its k folds: :func:`cv_record`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ugmm import builders, runs
 from ugmm.config import (
@@ -33,6 +39,7 @@ from ugmm.config import (
     validate_eval_config,
     validate_train_config,
 )
+from ugmm.containers import plain
 from ugmm.divergence import DivergenceGuard
 from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
@@ -59,14 +66,29 @@ def _best(trainer, metrics: dict[str, float], monitor: str) -> tuple[float, str 
     raise ConfigError(f"monitor.metric={monitor} was never logged; logged metrics: {', '.join(metrics)}")
 
 
+@dataclass
+class FitResult:
+    """What one fit-and-test leaves: the best monitored value, its checkpoint and the final metrics."""
+
+    best: float
+    best_ckpt: str | None
+    metrics: dict[str, float]  # the val/ and test/ metrics
+    is_global_zero: bool
+    loggers: list
+
+
 def train(cfg: DictConfig) -> float:
     """Train (and test) one model from a composed config; returns the best monitored metric.
 
     Validates the config before any data loads (raising :class:`~ugmm.config.ConfigError`), fits with
     checkpoints under ``paths.output_dir``, tests the best checkpoint and writes ``metrics.json``.
+    ``data.cv_folds=k`` with ``data.cv_fold=null`` runs :func:`cross_validate` instead.
     """
     start = time.perf_counter()
     validate_train_config(cfg)
+    folds = OmegaConf.select(cfg, "data.cv_folds") or 0
+    if folds and OmegaConf.select(cfg, "data.cv_fold") is None:
+        return cross_validate(cfg, folds, start)
     # before this run's dir exists, so a missing checkpoint leaves nothing behind
     ckpt_path = runs.resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if ckpt_path is not None:  # a finished run says so and how to extend it
@@ -75,6 +97,44 @@ def train(cfg: DictConfig) -> float:
     out_dir = runs.prepare_output_dir(cfg)
     if ckpt_path is None and (requeued := requeued_checkpoint(out_dir)) is not None:
         ckpt_path = str(requeued)  # a requeued SLURM job resumes its own last.ckpt
+    run = _fit_and_test(cfg, datamodule, ckpt_path)
+    monitor = cfg.monitor.metric
+    summary = {
+        "status": "ok",
+        "monitor": monitor,
+        "mode": cfg.monitor.mode,
+        "best": runs.json_number(run.best),
+        "metrics": {k: runs.json_number(v) for k, v in run.metrics.items()},
+        "overrides": runs.hydra_overrides(),
+        "wall_time_s": time.perf_counter() - start,
+        "best_ckpt": str(Path(run.best_ckpt).resolve()) if run.best_ckpt else None,
+        # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
+        "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
+    }
+    preprocessing = getattr(datamodule, "preprocessing_summary", "")
+    if preprocessing:
+        summary["preprocessing"] = preprocessing
+    if run.is_global_zero:
+        write_job_metrics(out_dir, summary)
+        extra = {"best " + monitor: f"{run.best:.4f}"}
+        if run.best_ckpt:
+            extra["best checkpoint"] = summary["best_ckpt"]
+        if preprocessing:
+            extra["data"] = preprocessing
+        runs.print_summary(f"{cfg.task_name}: final metrics", run.metrics, out_dir, extra)
+    # one W&B run per job: finish it here, with the final metrics as its summary
+    finish_wandb(
+        run.loggers, summary={f"best/{monitor}": summary["best"], **summary["metrics"]}, best_ckpt=summary["best_ckpt"]
+    )
+    return run.best
+
+
+def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device: bool = False) -> FitResult:
+    """Fit the ``loss`` module on ``datamodule`` (from ``ckpt_path``, if given), then test its best checkpoint.
+
+    ``one_device``: a trainer over several devices is a :class:`~ugmm.config.ConfigError` (cross-validation
+    runs its folds one after another in this process).
+    """
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True, verbose=False)
     with runs.quiet_lightning_advice():
@@ -84,39 +144,121 @@ def train(cfg: DictConfig) -> float:
         callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
         callbacks += [DivergenceGuard(), *resume_callbacks()]  # NaN loss stops at once; exact resume, preemption
         trainer = builders.build_trainer(cfg, callbacks, loggers)
+        if one_device and trainer.world_size > 1:
+            raise ConfigError(
+                f"data.cv_folds={cfg.data.cv_folds} runs its folds one after another on one device; this trainer "
+                f"has {trainer.world_size} (set trainer.devices=1, or run each fold with data.cv_fold=<i>)"
+            )
+        if preprocessing := getattr(datamodule, "preprocessing_summary", ""):
+            log.info("data: %s", preprocessing)
         for logger in loggers:
             logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = runs.floats(trainer.callback_metrics)
-        monitor, mode = cfg.monitor.metric, cfg.monitor.mode
-        best, best_ckpt = _best(trainer, metrics, monitor)
+        best, best_ckpt = _best(trainer, metrics, cfg.monitor.metric)
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path=best_ckpt, weights_only=True, verbose=False)
             metrics.update(runs.floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-    summary = {
+    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers)
+
+
+def cross_validate(cfg: DictConfig, k: int, start: float | None = None) -> float:
+    """``data.cv_folds=k``, ``data.cv_fold=null``: one model per fold, in turn; returns the mean best metric.
+
+    Fold ``i`` trains with ``data.cv_fold=i`` in ``<run dir>/fold_<i>`` (its checkpoints and logs; no
+    metrics.json there, so sweeps count the run once); the test rows are the same for every fold.
+    The run's ``metrics.json`` is :func:`cv_record`'s.
+    """
+    start = time.perf_counter() if start is None else start
+    if cfg.get("ckpt_path") is not None:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} cannot resume a cross-validation (data.cv_folds={k}): start it again, "
+            "or resume one fold's run with data.cv_fold=<i>"
+        )
+    datamodules = [builders.build_datamodule({**plain(cfg.data), "cv_fold": i}) for i in range(k)]
+    for datamodule in datamodules:
+        datamodule.table  # noqa: B018 - reads and encodes each fold's table: a bad one fails before any training
+    out_dir = runs.prepare_output_dir(cfg)
+    results = []
+    for i, datamodule in enumerate(datamodules):
+        fold_cfg = copy.deepcopy(cfg)
+        with open_dict(fold_cfg):
+            fold_cfg.data.cv_fold = i
+            fold_cfg.paths.output_dir = str(out_dir / f"fold_{i}")
+        runs.prepare_output_dir(fold_cfg)
+        run = _fit_and_test(fold_cfg, datamodule, None, one_device=True)
+        log.info("fold %d of %d: best %s %.4f", i, k, cfg.monitor.metric, run.best)
+        summary = {f"best/{cfg.monitor.metric}": run.best, **run.metrics}
+        finish_wandb(run.loggers, summary=summary, best_ckpt=run.best_ckpt)  # one W&B run per fold
+        results.append(run)
+    record, line = cv_record(cfg, results)
+    record["wall_time_s"] = time.perf_counter() - start
+    if preprocessing := datamodules[0].preprocessing_summary:
+        record["preprocessing"] = preprocessing  # fold 0's: the folds differ only in which rows train
+    log.info("%s", line)
+    write_job_metrics(out_dir, record)
+    name, _, value = line.partition(": ")
+    runs.print_summary(f"{cfg.task_name}: {k}-fold cross-validation", record["metrics"], out_dir, {name: value})
+    return record["best"] if record["best"] is not None else math.nan
+
+
+def cv_record(cfg: DictConfig, results: list[FitResult]) -> tuple[dict, str]:
+    """A cross-validation's ``metrics.json`` record and its one-line summary.
+
+    ``best``: the mean over folds of each fold's best monitored value (what a sweep optimises), and
+    ``best_std``; ``metrics``: ``cv/<metric>_mean`` and ``_std`` (sample std over folds, ``/`` in the
+    name as ``_``: ``cv/val_acc_mean``, ``cv/test_acc_std``) of every val/ and test/ metric all folds
+    logged; ``folds``: each fold's ``best``, ``metrics`` and ``best_ckpt``. The line:
+    ``"5-fold CV: val/acc 0.951 +- 0.021, test/acc 0.944 +- 0.015"`` (the monitor and its test twin).
+    """
+    monitor = cfg.monitor.metric
+    best, best_std = mean_std([run.best for run in results])
+    metrics = {}
+    for key in sorted(set.intersection(*(set(run.metrics) for run in results))):
+        mean, std = mean_std([run.metrics[key] for run in results])
+        metrics[f"cv/{_flat(key)}_mean"], metrics[f"cv/{_flat(key)}_std"] = mean, std
+    folds = [
+        {
+            "fold": i,
+            "best": runs.json_number(run.best),
+            "metrics": {key: runs.json_number(v) for key, v in run.metrics.items()},
+            "best_ckpt": str(Path(run.best_ckpt).resolve()) if run.best_ckpt else None,
+        }
+        for i, run in enumerate(results)
+    ]
+    record = {
         "status": "ok",
         "monitor": monitor,
-        "mode": mode,
+        "mode": cfg.monitor.mode,
         "best": runs.json_number(best),
-        "metrics": {k: runs.json_number(v) for k, v in metrics.items()},
+        "best_std": runs.json_number(best_std),
+        "cv_folds": len(results),
+        "metrics": {key: runs.json_number(v) for key, v in metrics.items()},
+        "folds": folds,
         "overrides": runs.hydra_overrides(),
-        "wall_time_s": time.perf_counter() - start,
-        "best_ckpt": str(Path(best_ckpt).resolve()) if best_ckpt else None,
-        # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
-        "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
+        "best_ckpt": None,  # one per fold, under folds
+        "resumed_from": None,
     }
-    if trainer.is_global_zero:
-        write_job_metrics(out_dir, summary)
-        extra = {"best " + monitor: f"{best:.4f}"}
-        if best_ckpt:
-            extra["best checkpoint"] = summary["best_ckpt"]
-        runs.print_summary(f"{cfg.task_name}: final metrics", metrics, out_dir, extra)
-    # one W&B run per job: finish it here, with the final metrics as its summary
-    finish_wandb(
-        loggers, summary={f"best/{monitor}": summary["best"], **summary["metrics"]}, best_ckpt=summary["best_ckpt"]
-    )
-    return best
+    line = f"{len(results)}-fold CV: {monitor} {best:.3f} +- {best_std:.3f}"
+    tested = "test/" + monitor.removeprefix("val/") if monitor.startswith("val/") else "test/acc"
+    if f"cv/{_flat(tested)}_mean" in metrics:
+        mean, std = metrics[f"cv/{_flat(tested)}_mean"], metrics[f"cv/{_flat(tested)}_std"]
+        line += f", {tested} {mean:.3f} +- {std:.3f}"
+    return record, line
+
+
+def _flat(metric: str) -> str:
+    """``val/acc`` -> ``val_acc``: a metric's name inside a ``cv/`` key."""
+    return metric.replace("/", "_")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -26,7 +26,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from ugmm.data.mnist import MNIST_FAMILY, MNISTDataModule
-from ugmm.data.tabular import SPLITS, TabularDataModule
+from ugmm.data.tabular import CATEGORICAL, IMPUTE, SPLITS, TabularDataModule, cv_problem
 from ugmm.modules.base import INITS, BaseModule, build_optimizer, build_scheduler
 from ugmm.modules.density import DensityModel
 from ugmm.nn import uGMMNet
@@ -81,6 +81,10 @@ class TableDataSchema:
     split_seed: int = spec(ge=0)
     split: str | None = spec(choices=SPLITS)
     target: str = spec(nonempty="the name of the label column")
+    categorical: str = spec(choices=CATEGORICAL)
+    impute: str = spec(choices=IMPUTE)
+    cv_folds: int = spec(ge=0)
+    cv_fold: int | None = spec(ge=0)
 
 
 @dataclass
@@ -227,6 +231,11 @@ def validate_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data is not set; choose one of: {', '.join(group_options('data'))}")
     cls = _target(data, "data")
     if issubclass(cls, MNISTDataModule):
+        if data.get("cv_folds"):
+            raise ConfigError(
+                f"data.cv_folds={data.cv_folds}: cross-validation is for tables (data=csv, data=iris); "
+                f"data={data.get('name')} has a fixed test set"
+            )
         check_node(data, MNISTDataSchema, "data.")
         augment = data.get("augment")
         if augment is not None:
@@ -246,6 +255,13 @@ def validate_data(cfg: DictConfig) -> None:
         if data.get("name") == "csv" and (OmegaConf.is_missing(data, "path") or not data.get("path")):
             raise ConfigError("data.path is required for data=csv: give data.path=<file.csv> data.target=<label>")
         check_node(data, TableDataSchema, "data.")
+        folds, fold = data.get("cv_folds") or 0, data.get("cv_fold")
+        # cv_fold=null with cv_folds=k is no problem here: train() runs every fold
+        problem = cv_problem(folds, fold if fold is not None else 0) if folds or fold is not None else None
+        if problem:
+            raise ConfigError(problem)
+        if folds:
+            return  # the folds validate, val_fraction is not used
         test, val = data.get("test_fraction", 0.2), data.get("val_fraction", 0.1)
         if test + val >= 1.0:
             raise ConfigError(

@@ -203,6 +203,24 @@ def stratified_split(y: torch.Tensor, fractions: Sequence[float], seed: int) -> 
     return [torch.cat(p).sort().values for p in parts]
 
 
+def stratified_folds(y: torch.Tensor, rows: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """``rows`` (indices into ``y``) dealt into ``k`` folds that keep the class balance.
+
+    Each class's rows are shuffled with a generator seeded with ``seed``, the classes are laid one
+    after another and the rows are dealt round-robin: fold sizes differ by at most one row, and so do
+    each class's counts per fold. Returns ``k`` sorted index tensors that partition ``rows``.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    labels = y[rows]
+    order = []
+    for cls in torch.unique(labels):
+        members = rows[(labels == cls).nonzero().squeeze(1)]
+        order.append(members[torch.randperm(len(members), generator=generator)])
+    dealt = torch.cat(order) if order else rows
+    fold_of = torch.arange(len(dealt)) % int(k)
+    return [dealt[fold_of == i].sort().values for i in range(int(k))]
+
+
 def shuffle_split(n_rows: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's ``train_test_split(rows, test_size=test_fraction, random_state=seed)``, exactly.
 

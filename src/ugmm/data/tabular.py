@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ugmm.data.base import (
@@ -13,9 +16,12 @@ from ugmm.data.base import (
     InMemoryDataModule,
     InMemoryDataset,
     shuffle_split,
+    stratified_folds,
     stratified_split,
     trainer_device,
 )
+
+log = logging.getLogger(__name__)
 
 IRIS_CSV = Path(__file__).with_name("iris.csv")
 # how the test rows are chosen: per class (balanced) or scikit-learn's train_test_split permutation
@@ -71,15 +77,51 @@ def read_header(path: str | Path) -> list[str]:
 
 # float32: what the features become; larger magnitudes turn into inf
 FLOAT32_MAX = 3.4028234663852886e38
+# how feature columns that are not numbers are treated, and how missing cells are filled
+CATEGORICAL = ("onehot", "reject")
+IMPUTE = ("none", "mean", "median")
+# cells that mean "missing" (compared case-insensitively, after stripping spaces)
+NA_TOKENS = frozenset({"", "na", "n/a", "nan", "?", "null"})
 
 
-def read_table(path: str | Path, target: str) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Read a CSV with a header into ``(x float32 (N, F), y int64 (N,), feature_names, class_names)``.
+@dataclass
+class RawTable:
+    """A CSV's cells, checked but not yet encoded (:func:`parse_table`).
 
-    Every column but ``target`` must hold finite numbers (within float32's range) in every row; the
-    target may hold any non-empty values, which become class indices in sorted order (numerically
-    when they are all numbers). There must be at least two classes. Blank lines are skipped.
-    Problems raise :class:`DataError` naming the file, line and column.
+    ``columns[j][r]``: feature column ``j``'s cell in data row ``r``, stripped, or None when missing;
+    ``categorical[j]``: whether that column holds a value that is not a number.
+    """
+
+    path: Path
+    features: list[str]
+    columns: list[list[str | None]]
+    categorical: list[bool]
+    y: torch.Tensor
+    classes: list[str]
+
+
+@dataclass
+class EncodedTable:
+    """Features as numbers (:func:`encode_table`): ``x`` float32 ``(N, F)``, a name per column (``col=value``
+    for one-hot columns), which columns are one-hot, and a one-line description of what was done."""
+
+    x: torch.Tensor
+    names: list[str]
+    onehot: torch.Tensor
+    summary: str
+
+
+def parse_table(path: str | Path, target: str, categorical: str = "onehot", impute: str = "none") -> RawTable:
+    """Read and check a CSV with a header row: every row's cells, the labels and the classes.
+
+    A feature cell is missing when it is empty or one of :data:`NA_TOKENS` (``NA``, ``N/A``, ``nan``,
+    ``?``, ``null``, any case). ``impute="none"``: a missing cell is a one-line :class:`DataError` (``nan``
+    with the message it always had: the value is not finite); otherwise it is kept as None for
+    :func:`encode_table` to fill. A cell that is not a number makes its column categorical;
+    ``categorical="reject"`` stops on it instead. Numbers must be finite and within float32's range,
+    in every column. The target may hold any value but a missing one; its values become class indices
+    in sorted order (numerically when they are all numbers); there must be at least two classes.
+    Blank lines are skipped. Problems raise :class:`DataError` naming the file, line and column.
     """
     path = Path(path)
     header = read_header(path)
@@ -89,7 +131,10 @@ def read_table(path: str | Path, target: str) -> tuple[torch.Tensor, torch.Tenso
     features = [name for i, name in enumerate(header) if i != t]
     if not features:
         raise DataError(f"{path} has no feature columns besides data.target={target}")
-    rows, labels = [], []
+    columns: list[list[str | None]] = [[] for _ in features]
+    first_text: list[tuple[int, str] | None] = [None] * len(features)  # (line, value) of a column's first word
+    numbers = [0] * len(features)
+    labels = []
     seen_header = False
     for line_no, row in _csv_rows(path):
         if not seen_header:
@@ -99,45 +144,146 @@ def read_table(path: str | Path, target: str) -> tuple[torch.Tensor, torch.Tenso
             continue
         if len(row) != len(header):
             raise DataError(f"{path}:{line_no} has {len(row)} fields, the header has {len(header)}")
-        values = []
-        for i, cell in enumerate(row):
-            if i == t:
-                continue
-            values.append(_feature(path, line_no, header[i], cell))
         label = row[t].strip()
-        if not label:
-            raise DataError(f"{path}:{line_no}: the label (column {target}) is empty; every row needs a class")
-        rows.append(values)
+        cells = [cell for i, cell in enumerate(row) if i != t]
+        for j, cell in enumerate(cells):
+            text, is_number = _cell(path, line_no, features[j], cell, categorical, impute)
+            columns[j].append(text)
+            if text is None:
+                continue
+            if is_number:
+                numbers[j] += 1
+            elif first_text[j] is None:
+                first_text[j] = (line_no, cell)
+        if not label or label.lower() in NA_TOKENS:
+            what = "empty" if not label else f"missing ({row[t]!r})"
+            raise DataError(f"{path}:{line_no}: the label (column {target}) is {what}; every row needs a class")
         labels.append(label)
-    if len(rows) < 2:
-        raise DataError(f"{path} has {len(rows)} data rows; need at least 2")
+    if len(labels) < 2:
+        raise DataError(f"{path} has {len(labels)} data rows; need at least 2")
     classes = sorted(set(labels), key=_class_sort_key)
     if len(classes) < 2:
         raise DataError(
-            f"data.target={target} of {path} holds one class ({classes[0]!r}) in all {len(rows)} rows; "
+            f"data.target={target} of {path} holds one class ({classes[0]!r}) in all {len(labels)} rows; "
             "classification needs at least 2 classes"
         )
+    for j, first in enumerate(first_text):
+        if first is not None and numbers[j] > sum(c is not None for c in columns[j]) // 2:
+            log.warning(
+                "%s:%d, column %s: %r makes the column categorical (one-hot) though %d of its values are numbers; "
+                "fix the cell, or set data.categorical=reject to stop on such cells",
+                path, first[0], features[j], first[1], numbers[j],
+            )  # fmt: skip
     index = {c: i for i, c in enumerate(classes)}
-    x = torch.tensor(rows, dtype=torch.float32)
     y = torch.tensor([index[c] for c in labels], dtype=torch.int64)
-    return x, y, features, classes
+    return RawTable(path, features, columns, [first is not None for first in first_text], y, classes)
 
 
-def _feature(path: Path, line_no: int, column: str, cell: str) -> float:
-    """One feature cell as a finite float, or a one-line :class:`DataError` naming row and column."""
+def _cell(path: Path, line_no: int, column: str, cell: str, categorical: str, impute: str) -> tuple[str | None, bool]:
+    """One feature cell: ``(stripped text, is a number)``, ``(None, True)`` when missing (and imputed),
+    or a one-line :class:`DataError` naming row and column."""
     where = f"{path}:{line_no}, column {column}"
+    fill = "set data.impute=mean|median to fill missing cells from the training rows"
     text = cell.strip()
+    missing = text.lower() in NA_TOKENS
+    if missing and impute != "none":
+        return None, True
     if not text:
-        raise DataError(f"{where}: the value is empty; features must be numbers (fill or drop the row)")
+        raise DataError(f"{where}: the value is empty; fill or drop the row, or {fill}")
     try:
         value = float(text)
     except ValueError:
-        raise DataError(f"{where}: feature value {cell!r} is not a number") from None
+        if missing:
+            message = f"{where}: the value {cell!r} marks a missing cell; fill or drop the row, or {fill}"
+            raise DataError(message) from None
+        if categorical == "reject":
+            raise DataError(
+                f"{where}: feature value {cell!r} is not a number "
+                "(data.categorical=onehot encodes such a column as one 0/1 column per value)"
+            ) from None
+        return text, False
     if not math.isfinite(value):
-        raise DataError(f"{where}: feature value {cell!r} is not finite; features must be finite numbers")
+        hint = f" ('nan' counts as missing: {fill})" if missing else ""
+        raise DataError(f"{where}: feature value {cell!r} is not finite; features must be finite numbers{hint}")
     if abs(value) > FLOAT32_MAX:
         raise DataError(f"{where}: feature value {cell!r} is beyond float32's range (|x| <= 3.4e38)")
-    return value
+    return text, True
+
+
+def encode_table(raw: RawTable, train_rows: torch.Tensor, impute: str = "none") -> EncodedTable:
+    """The features of ``raw`` as numbers, with everything learnt from the rows ``train_rows`` alone.
+
+    Numeric columns: missing cells become the mean or median (``impute``) of the column's training
+    rows. Categorical columns: one 0/1 column per value seen in the training rows (sorted, named
+    ``col=value``); a missing cell, or a value no training row has, gives an all-zero row.
+    """
+    n = len(raw.y)
+    train = train_rows.tolist()
+    blocks, names, onehot = [], [], []
+    imputed: dict[str, int] = {}
+    encoded: list[str] = []
+    blank_categories = unseen = 0
+    for name, cells, is_categorical in zip(raw.features, raw.columns, raw.categorical, strict=True):
+        if is_categorical:
+            categories = sorted({cells[r] for r in train if cells[r] is not None}, key=_class_sort_key)
+            index = {c: k for k, c in enumerate(categories)}
+            block = torch.zeros(n, len(categories), dtype=torch.float64)
+            for r, c in enumerate(cells):
+                if c is None:
+                    blank_categories += 1
+                elif c in index:
+                    block[r, index[c]] = 1.0
+                else:
+                    unseen += 1
+            blocks.append(block)
+            names += [f"{name}={c}" for c in categories]
+            onehot += [True] * len(categories)
+            encoded.append(f"{name} ({len(categories)} categories)")
+            continue
+        values = torch.tensor([math.nan if c is None else float(c) for c in cells], dtype=torch.float64)
+        missing = values.isnan()
+        if missing.any():
+            known = values[train_rows][~missing[train_rows]]
+            if len(known) == 0:
+                raise DataError(
+                    f"{raw.path}: column {name} has no values in the training rows to impute from "
+                    f"(data.impute={impute}); drop the column or fill it"
+                )
+            fill = float(known.mean()) if impute == "mean" else float(np.median(known.numpy()))
+            values[missing] = fill
+            imputed[name] = int(missing.sum())
+        blocks.append(values[:, None])
+        names.append(name)
+        onehot.append(False)
+    x = torch.cat(blocks, dim=1).float() if blocks else torch.zeros(n, 0)
+    summary = []
+    if imputed:
+        count = sum(imputed.values())
+        summary.append(f"imputed {_cells(count)} ({impute} of training rows) in columns {', '.join(imputed)}")
+    if encoded:
+        summary.append("one-hot: " + ", ".join(encoded))
+    if blank_categories:
+        summary.append(f"{_cells(blank_categories)} of categorical columns left all-zero")
+    if unseen:
+        summary.append(f"{_cells(unseen, '')} with a category no training row has left all-zero")
+    return EncodedTable(x, names, torch.tensor(onehot, dtype=torch.bool), "; ".join(summary))
+
+
+def _cells(n: int, what: str = "missing ") -> str:
+    return f"{n} {what}cell{'' if n == 1 else 's'}"
+
+
+def read_table(
+    path: str | Path, target: str, categorical: str = "onehot", impute: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Read a CSV with a header into ``(x float32 (N, F), y int64 (N,), feature_names, class_names)``.
+
+    :func:`parse_table` then :func:`encode_table` with every row as a training row (categories and
+    imputed values from the whole table; the data module learns them from its training rows only).
+    """
+    raw = parse_table(path, target, categorical, impute)
+    table = encode_table(raw, torch.arange(len(raw.y)), impute)
+    return table.x, raw.y, table.names, raw.classes
 
 
 def _is_float(cell: str) -> bool:
@@ -151,11 +297,26 @@ def _class_sort_key(label: str):
     return (0, float(label), "") if _is_float(label) else (1, 0.0, label)
 
 
+@dataclass
+class PreparedTable:
+    """What :class:`TabularDataModule` reads once: the encoded features, labels and the row split."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    names: list[str]
+    onehot: torch.Tensor
+    test: torch.Tensor
+    val: torch.Tensor
+    train: torch.Tensor
+    summary: str
+
+
 class TabularDataModule(InMemoryDataModule):
     """Classification data from a CSV: train/val/test split, standardised on train only.
 
     Args:
-        path: the CSV file (header row, numeric features, one label column); None = packaged Iris.
+        path: the CSV file (header row, feature columns, one label column); None = packaged Iris.
         target: the label column's name.
         batch_size: training batch size (evaluation uses ``eval_batch_size``).
         test_fraction, val_fraction: shares of the whole table held out for test and validation,
@@ -168,10 +329,23 @@ class TabularDataModule(InMemoryDataModule):
             split has no validation part: ``round(val_fraction * rows)`` of its *training* rows,
             drawn with ``split_seed``, become the validation set, so the test rows stay exactly
             the reference's.
-        standardize: scale features to zero mean, unit variance with the *training* rows' statistics.
+        standardize: scale the numeric features to zero mean, unit variance with the *training* rows'
+            statistics; one-hot columns stay 0/1.
+        categorical: feature columns with a value that is not a number. ``onehot``: one 0/1 column
+            per value the training rows hold (sorted, named ``col=value``); a value only val/test rows
+            hold gives an all-zero row. ``reject``: a one-line :class:`DataError` naming the cell.
+        impute: missing feature cells (empty, ``NA``, ``N/A``, ``nan``, ``?``, ``null``). ``none``: a
+            one-line :class:`DataError` naming row and column. ``mean`` | ``median``: a numeric
+            column's missing cells become the mean/median of its *training* rows; in a categorical
+            column a missing cell is an all-zero one-hot row. A missing label is always an error.
+        cv_folds, cv_fold: k-fold cross-validation (``cv_folds=0``: off). The test rows are cut as
+            without it; the other rows are dealt into ``cv_folds`` stratified folds (``split_seed``),
+            fold ``cv_fold`` validates and the rest train. ``val_fraction`` is ignored then.
         name: a label for logs.
 
-    Batches: ``x`` float32 ``(B, F)``, ``y`` int64 ``(B,)``.
+    The table is read once, when ``n_features`` (the width after one-hot encoding), ``classes`` or
+    ``setup`` first needs it; ``preprocessing_summary`` then says in one line what was imputed and
+    encoded. Batches: ``x`` float32 ``(B, F)``, ``y`` int64 ``(B,)``.
     """
 
     def __init__(
@@ -185,6 +359,10 @@ class TabularDataModule(InMemoryDataModule):
         split_seed: int = 42,
         split: str = "stratified",
         standardize: bool = True,
+        categorical: str = "onehot",
+        impute: str = "none",
+        cv_folds: int = 0,
+        cv_fold: int | None = None,
         name: str = "csv",
         device: str | None = None,
     ) -> None:
@@ -196,48 +374,80 @@ class TabularDataModule(InMemoryDataModule):
         self.test_fraction = float(test_fraction)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
-        if split not in SPLITS:
-            raise DataError(f"data.split={split} is not one of {', '.join(SPLITS)}")
-        self.split = split
+        for key, value, choices in (("split", split, SPLITS), ("categorical", categorical, CATEGORICAL)):
+            if value not in choices:
+                raise DataError(f"data.{key}={value} is not one of {', '.join(choices)}")
+        if impute not in IMPUTE:
+            raise DataError(f"data.impute={impute} is not one of {', '.join(IMPUTE)}")
+        self.split, self.categorical, self.impute = split, categorical, impute
+        self.cv_folds = int(cv_folds)
+        self.cv_fold = None if cv_fold is None else int(cv_fold)
+        if problem := cv_problem(self.cv_folds, self.cv_fold):
+            raise DataError(problem)
         self.standardize = bool(standardize)
         self.name = name
         self.device = device
         header = read_header(self.path)
         if target not in header:
             raise DataError(f"data.target={target} is not a column of {self.path}; columns: {', '.join(header)}")
-        self._n_features = len(header) - 1
-        self._loaded: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+        self._prepared: PreparedTable | None = None
         self.splits: dict[str, InMemoryDataset] = {}
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
-        return self._n_features
+        """Feature columns after one-hot encoding (reads the table once)."""
+        return self.table.x.shape[1]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        return (self._n_features,)
+        return (self.n_features,)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """A name per feature column: the header's, ``col=value`` for one-hot columns."""
+        return self.table.names
 
     @property
     def classes(self) -> list[str]:
         """Class names in index order (reads and checks the table once)."""
-        return self._table()[2]
+        return self.table.classes
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
 
-    def _table(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """``(x, y, classes)`` read once; checks that every split of the table gets rows."""
-        if self._loaded is None:
-            x, y, _, classes = read_table(self.path, self.target)
-            self._check_split_sizes(y)
-            self._loaded = (x, y, classes)
-        return self._loaded
+    @property
+    def preprocessing_summary(self) -> str:
+        """One line on what was imputed and one-hot encoded ("" when the table needed neither)."""
+        return self.table.summary
+
+    @property
+    def table(self) -> PreparedTable:
+        """The table read, checked, split and encoded, once: imputed values and categories come from
+        the training rows alone."""
+        if self._prepared is None:
+            raw = parse_table(self.path, self.target, self.categorical, self.impute)
+            self._check_split_sizes(raw.y)
+            test, val, train = self.split_indices(raw.y)
+            encoded = encode_table(raw, train, self.impute)
+            self._prepared = PreparedTable(
+                encoded.x, raw.y, raw.classes, encoded.names, encoded.onehot, test, val, train, encoded.summary
+            )
+        return self._prepared
 
     def _check_split_sizes(self, y: torch.Tensor) -> None:
         """A one-line :class:`DataError` when the test, validation or training part would be empty."""
+        if self.cv_folds:
+            test, rest = self._test_and_rest(y, check=False)
+            if len(test) and len(rest) >= self.cv_folds:
+                return
+            raise DataError(
+                f"{self.path} has {len(y)} data rows, too few for data.test_fraction={self.test_fraction:g} and "
+                f"data.cv_folds={self.cv_folds}: {len(test)} test rows and {len(rest)} rows to deal into "
+                f"{self.cv_folds} folds; every part needs a row"
+            )
         test, val, train = self.split_indices(y, check=False)
         empty = [name for name, idx in (("test", test), ("validation", val), ("training", train)) if len(idx) == 0]
         if self.val_fraction == 0.0:
@@ -270,42 +480,61 @@ class TabularDataModule(InMemoryDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        x, y, _ = self._table()
-        test_idx, val_idx, train_idx = self.split_indices(y)
+        table = self.table
+        x = table.x
         if self.standardize:
             # statistics of the training rows only, so nothing leaks from val/test
-            train = x[train_idx]
+            train = x[table.train]
             self.mean = train.mean(dim=0)
             self.std = train.std(dim=0, unbiased=False).clamp_min(1e-8)
-            if not (self.mean.isfinite().all() and self.std.isfinite().all()):
-                # huge (float32-finite) values overflow when squared: the same in float64
+            double = not (self.mean.isfinite().all() and self.std.isfinite().all())
+            if double:  # huge (float32-finite) values overflow when squared: the same in float64
                 train = train.double()
                 self.mean = train.mean(dim=0)
                 self.std = train.std(dim=0, unbiased=False).clamp_min(1e-8)
+            # one-hot columns stay 0/1 (a missing or unseen category stays an all-zero row)
+            self.mean = self.mean.masked_fill(table.onehot, 0.0)
+            self.std = self.std.masked_fill(table.onehot, 1.0)
+            if double:
                 x = ((x.double() - self.mean) / self.std).float()
                 self.mean, self.std = self.mean.float(), self.std.float()
             else:
                 x = (x - self.mean) / self.std
         device = self.device or trainer_device(self)
         self.splits = {
-            name: InMemoryDataset(x[idx], y[idx]).to(device)
-            for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+            name: InMemoryDataset(x[idx], table.y[idx]).to(device)
+            for name, idx in (("train", table.train), ("val", table.val), ("test", table.test))
         }
 
-    def split_indices(self, y: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Row indices ``(test, val, train)`` of a table with labels ``y`` ``(N,)``, by ``self.split``.
-
-        ``check``: raise :class:`DataError` when the split leaves no training rows (else return it as is).
-        """
+    def _test_and_rest(self, y: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test rows (by ``self.split``) and the rest, which validation and training share."""
         if self.split == "stratified":
-            test, val, train = stratified_split(y, [self.test_fraction, self.val_fraction], self.split_seed)
-            return test, val, train
+            test, rest = stratified_split(y, [self.test_fraction], self.split_seed)
+            return test, rest
         try:
-            test, train = shuffle_split(len(y), self.test_fraction, self.split_seed)
+            return shuffle_split(len(y), self.test_fraction, self.split_seed)
         except ValueError as err:
             if check:
                 raise DataError(f"{self.path}: {err}") from None
-            return torch.arange(len(y)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+            return torch.arange(len(y)), torch.zeros(0, dtype=torch.int64)
+
+    def split_indices(self, y: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row indices ``(test, val, train)`` of a table with labels ``y`` ``(N,)``, by ``self.split``
+        (and the fold ``cv_fold`` of ``cv_folds``, when cross-validating).
+
+        ``check``: raise :class:`DataError` when the split leaves no training rows (else return it as is).
+        """
+        if self.cv_folds:
+            test, rest = self._test_and_rest(y, check)
+            folds = stratified_folds(y, rest.sort().values, self.cv_folds, self.split_seed)
+            train = torch.cat([f for i, f in enumerate(folds) if i != self.cv_fold]).sort().values
+            return test, folds[self.cv_fold], train
+        if self.split == "stratified":
+            test, val, train = stratified_split(y, [self.test_fraction, self.val_fraction], self.split_seed)
+            return test, val, train
+        test, train = self._test_and_rest(y, check)
+        if len(train) == 0:
+            return test, train, train
         # validation rows come out of the reference's training part, so its test rows are untouched
         n_val = int(round(self.val_fraction * len(y)))
         if n_val >= len(train) and check:
@@ -313,3 +542,19 @@ class TabularDataModule(InMemoryDataModule):
         n_val = min(n_val, len(train))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
         return test, train[order[:n_val]].sort().values, train[order[n_val:]].sort().values
+
+
+def cv_problem(cv_folds: int, cv_fold: int | None) -> str | None:
+    """What is wrong with ``data.cv_folds``/``data.cv_fold`` for one data module (None: nothing)."""
+    if cv_folds == 0:
+        return None if cv_fold is None else f"data.cv_fold={cv_fold} needs data.cv_folds >= 2 (cross-validation)"
+    if cv_folds < 2:
+        return f"data.cv_folds={cv_folds} must be 0 (no cross-validation) or at least 2"
+    if cv_fold is None:
+        return (
+            f"data.cv_folds={cv_folds} needs data.cv_fold=<0..{cv_folds - 1}>, the fold that validates "
+            "(train.py runs every fold itself when data.cv_fold=null)"
+        )
+    if not 0 <= cv_fold < cv_folds:
+        return f"data.cv_fold={cv_fold} is out of range: must be in 0..{cv_folds - 1} for data.cv_folds={cv_folds}"
+    return None
