@@ -23,11 +23,15 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+# as train.py (ugmm.launch): idle OpenMP threads must not spin, before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import REPO, hardware, mean_std  # noqa: E402 - the scripts folder is not a package
