@@ -101,41 +101,28 @@ def image_sets(module, data_dir: str | None, n: int | None, seed: int) -> tuple[
 def scores_of(module, images: torch.Tensor, batch_size: int = 1000) -> dict[str, torch.Tensor]:
     from ugmm.uncertainty import ood_scores
 
+    if not hasattr(module, "log_marginal"):  # a classifier: every score of its network
+        return {k: v.float() for k, v in ood_scores(module.net, images, batch_size=batch_size).items()}
     parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        if hasattr(module, "log_marginal"):  # the density model: classify by MAP, score by log p(x)
-            joint = module(x)
-            batch = {
-                "log_px": module.log_marginal(x),
-                "max_softmax": joint.softmax(-1).amax(-1),
-                "max_joint": joint.amax(-1),
-            }
-        else:
-            batch = ood_scores(module.net, x)
+    for x in images.split(batch_size):  # the density model: classify by MAP, score by log p(x)
+        joint = module(x)
+        batch = {
+            "log_px": module.log_marginal(x),
+            "max_softmax": joint.softmax(-1).amax(-1),
+            "max_joint": joint.amax(-1),
+        }
         for key, value in batch.items():
             parts.setdefault(key, []).append(value.float())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def evaluate(ckpt: str, data_dir: str | None, n: int | None, seed: int) -> dict:
-    from ugmm.uncertainty import ood_aupr, ood_auroc
+    from ugmm.uncertainty import ood_metrics
 
     module = load_module(ckpt)
     _, sets = image_sets(module, data_dir, n, seed)
     scored = {name: scores_of(module, images) for name, images in sets.items()}
-    out: dict = {}
-    for shift, shifted in scored.items():
-        if shift == "in":
-            continue
-        out[shift] = {
-            key: {
-                "auroc": ood_auroc(scored["in"][key], shifted[key]),
-                "aupr": ood_aupr(scored["in"][key], shifted[key]),
-            }
-            for key in scored["in"]
-        }
-    return out
+    return {shift: ood_metrics(scored["in"], shifted) for shift, shifted in scored.items() if shift != "in"}
 
 
 def _mean_std(values: list[float]) -> str:

@@ -49,7 +49,15 @@ def test_mnist_discriminative_notebook(monkeypatch):
     assert images == 5
 
 
-@pytest.mark.parametrize("name", ["iris_generative.ipynb", "mnist_discriminative.ipynb"])
+@requires_mnist
+def test_uncertainty_notebook(monkeypatch):
+    text, images = _outputs(_execute("uncertainty.ipynb", monkeypatch))
+    assert "quick mode" in text and "test accuracy" in text and "AUROC" in text and "AUPR-In" in text
+    assert "MNIST test images" in text and "uGMM-NN" in text and "MLP" in text
+    assert images == 5  # neuron weights, means, sigmas, the mixing-weight map, the in/out histograms
+
+
+@pytest.mark.parametrize("name", ["iris_generative.ipynb", "mnist_discriminative.ipynb", "uncertainty.ipynb"])
 def test_notebooks_are_committed_with_full_run_outputs(name):
     text, images = _committed_with_outputs(name)
     assert images >= 4, "execute the notebook (full budget) and commit it with its outputs"

@@ -160,3 +160,28 @@ def test_ood_aupr_and_scores():
     assert sorted(ood_scores(MLP(5, 3, width=4, depth=1), x)) == ["max_logit", "max_softmax", "neg_entropy"]
     # no hook is left behind
     assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_ood_scores_in_batches_and_ood_metrics():
+    from ugmm.nn import uGMMNet
+    from ugmm.uncertainty import ood_aupr, ood_metrics, ood_scores
+
+    torch.manual_seed(0)
+    net = uGMMNet(5, 3, width=4, depth=1).eval()
+    x = torch.randn(7, 5)
+    whole, batched = ood_scores(net, x), ood_scores(net, x, batch_size=3)
+    assert list(batched) == list(whole)
+    for key in whole:
+        torch.testing.assert_close(batched[key], whole[key])
+    with pytest.raises(ValueError, match="batch_size"):
+        ood_scores(net, x, batch_size=0)
+
+    shifted = ood_scores(net, x + 5.0)
+    metrics = ood_metrics(whole, shifted)
+    assert list(metrics) == list(whole)
+    for key, m in metrics.items():
+        assert m == {"auroc": ood_auroc(whole[key], shifted[key]), "aupr": ood_aupr(whole[key], shifted[key])}
+    # only the scores both sides hold; none in common is an error
+    assert list(ood_metrics(whole, {"max_logit": shifted["max_logit"]})) == ["max_logit"]
+    with pytest.raises(ValueError, match="no score in common"):
+        ood_metrics(whole, {"log_px": shifted["max_logit"]})

@@ -8,6 +8,8 @@ modules and the notebooks alike.
 - Density model: :func:`log_marginal` gives ``log p(x) = logsumexp_y log p(x, y)``, the natural
   out-of-distribution score; :func:`ood_auroc` measures how well a score separates in-distribution
   data from a shifted set (:func:`rotate_images`, :func:`noise_images`, :func:`add_gaussian_noise`).
+- Classifier networks: :func:`ood_scores` gives every score at once (softmax, entropy, output and hidden
+  uGMM log-densities), :func:`ood_metrics` their AUROC/AUPR against a shifted set.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def ood_aupr(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def ood_scores(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def ood_scores(net: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """Every out-of-distribution score of a classifier network for a batch, each (B,), higher = more typical.
 
     - ``max_softmax``: the largest class probability; ``neg_entropy``: minus the predictive entropy;
@@ -150,7 +152,14 @@ def ood_scores(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
       ``ugmm{i}_mean`` (the mean over its neurons).
 
     Works for any network (an MLP gives the first three); uGMM layers are found by forward hooks.
+    ``batch_size``: score a large set (a whole test split) in chunks of that many rows and concatenate;
+    ``None`` scores ``x`` in one pass.
     """
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parts = [ood_scores(net, chunk) for chunk in x.split(int(batch_size))]
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     captured: list[torch.Tensor] = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -171,6 +180,21 @@ def ood_scores(net: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
         scores[f"ugmm{i}_max"] = out.amax(dim=-1)
         scores[f"ugmm{i}_mean"] = out.mean(dim=-1)
     return scores
+
+
+def ood_metrics(scores_in: dict[str, torch.Tensor], scores_out: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """AUROC and AUPR-In of every score (higher = more typical) that both dicts hold, as given by :func:`ood_scores`.
+
+    Returns ``{score: {"auroc": ..., "aupr": ...}}`` in ``scores_in``'s order; the best score of a shift is
+    ``max(result, key=lambda k: result[k]["auroc"])``.
+    """
+    keys = [key for key in scores_in if key in scores_out]
+    if not keys:
+        raise ValueError(f"no score in common: {sorted(scores_in)} vs {sorted(scores_out)}")
+    return {
+        key: {"auroc": ood_auroc(scores_in[key], scores_out[key]), "aupr": ood_aupr(scores_in[key], scores_out[key])}
+        for key in keys
+    }
 
 
 # -- shifted data sets ------------------------------------------------------------------------------
@@ -234,6 +258,7 @@ __all__ = [
     "noise_images",
     "ood_aupr",
     "ood_auroc",
+    "ood_metrics",
     "ood_scores",
     "predictive_entropy",
     "rotate_images",
