@@ -154,7 +154,11 @@ class LinearClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_outputs: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(int(n_inputs), int(n_outputs))
+        self.sizes = [int(n_inputs), int(n_outputs)]
+        self.linear = nn.Linear(*self.sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
+
+    def extra_repr(self) -> str:
+        return "sizes=" + "-".join(map(str, self.sizes))
