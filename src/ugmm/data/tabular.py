@@ -309,6 +309,16 @@ def auto_batch_size(n_train: int) -> int:
     return int(min(256, max(16, 2 ** round(math.log2(target)))))
 
 
+def _scaling(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and std of the training rows ``(N, F)``; a column constant over them keeps scale 1
+    (as scikit-learn's StandardScaler): dividing by its ~0 std would turn any other value a val/test row
+    holds there into ~1e8 (digits' corner pixels: test losses of 1e4-1e5 for the MLP and the linear model)."""
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, unbiased=False)
+    constant = std <= 1e-6 * mean.abs().clamp_min(1.0)
+    return mean, std.masked_fill(constant, 1.0)
+
+
 @dataclass
 class PreparedTable:
     """What :class:`TabularDataModule` reads once: the encoded features, labels and the row split."""
@@ -513,13 +523,10 @@ class TabularDataModule(InMemoryDataModule):
         if self.standardize:
             # statistics of the training rows only, so nothing leaks from val/test
             train = x[table.train]
-            self.mean = train.mean(dim=0)
-            self.std = train.std(dim=0, unbiased=False).clamp_min(1e-8)
+            self.mean, self.std = _scaling(train)
             double = not (self.mean.isfinite().all() and self.std.isfinite().all())
             if double:  # huge (float32-finite) values overflow when squared: the same in float64
-                train = train.double()
-                self.mean = train.mean(dim=0)
-                self.std = train.std(dim=0, unbiased=False).clamp_min(1e-8)
+                self.mean, self.std = _scaling(train.double())
             # one-hot columns stay 0/1 (a missing or unseen category stays an all-zero row)
             self.mean = self.mean.masked_fill(table.onehot, 0.0)
             self.std = self.std.masked_fill(table.onehot, 1.0)
