@@ -228,3 +228,19 @@ def test_train_runs_every_fold_and_records_mean_and_std(tmp_path):
         train(make_cfg([*QUIET, *overrides, f"ckpt_path={folds[0]['best_ckpt']}"]))
     with pytest.raises(ConfigError, match="runs its folds one after another on one device; this trainer has 2"):
         train(make_cfg([*QUIET, *overrides, "trainer.devices=2"]))
+
+
+def test_a_column_constant_over_the_training_rows_keeps_scale_one(tmp_path):
+    """As scikit-learn's StandardScaler: no division by a ~0 std (a test row's other value would become ~1e8)."""
+    path = tmp_path / "constant.csv"
+
+    def write(b_values):
+        path.write_text("a,b,y\n" + "".join(f"{i},{b},{i % 2}\n" for i, b in enumerate(b_values)))
+
+    write([0.0] * 40)
+    test_row = int(TabularDataModule(str(path), "y", split_seed=0).table.test[0])  # the split ignores features
+    write([5.0 if i == test_row else 0.0 for i in range(40)])
+    dm = TabularDataModule(str(path), "y", split_seed=0)
+    dm.setup()
+    assert float(dm.std[1]) == 1.0 and float(dm.mean[1]) == 0.0
+    assert dm.splits["test"].x[:, 1].max().item() == 5.0

@@ -162,7 +162,7 @@ def test_any_optimizer_and_schedule_by_target(tmp_path):
 
 
 def test_classifier_hparams_are_plain():
-    cfg = make_cfg(["data=iris"])
+    cfg = make_cfg(["data=iris", "scheduler=multistep"])
     module = Classifier(4, 3, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, data=cfg.data)
     assert type(module.hparams["model"]) is dict and type(module.hparams["scheduler"]["milestones"]) is list
     assert module.hparams["optimizer"]["_target_"] == "torch.optim.Adam"

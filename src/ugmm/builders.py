@@ -7,19 +7,22 @@ dicts (its hyperparameters) and instantiates them itself, so checkpoints hold no
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from ugmm.config import ConfigError
 from ugmm.containers import plain
 from ugmm.data import DataError
 from ugmm.data.mnist import MNIST_FAMILY
 from ugmm.integrations.ddp import HydraDDPStrategy
+
+log = logging.getLogger(__name__)
 
 
 def _unwrapped(err: InstantiationException) -> Exception:
@@ -80,6 +83,18 @@ def build_loggers(cfg: DictConfig) -> list:
         for conf in (cfg.get("logger") or {}).values()
         if conf is not None and "_target_" in conf
     ]
+
+
+def resolve_max_epochs(cfg: DictConfig, datamodule) -> None:
+    """``trainer.max_epochs: null`` (and no ``trainer.max_steps``) becomes the data's suggestion, in ``cfg``
+    itself, so the logged config, the schedule (``T_max: null``) and the checkpoints all see the number."""
+    trainer = cfg.trainer
+    if trainer.get("max_epochs") is not None or trainer.get("max_steps") not in (None, -1):
+        return
+    epochs = int(datamodule.suggested_max_epochs())
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = epochs
+    log.info("trainer.max_epochs=null: %d epochs, the %s data's suggestion", epochs, type(datamodule).__name__)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> Trainer:

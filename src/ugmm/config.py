@@ -74,7 +74,7 @@ class MNISTDataSchema:
 
 @dataclass
 class TableDataSchema:
-    batch_size: int = spec(ge=1)
+    batch_size: int | str = spec(ge=1, auto=True)
     eval_batch_size: int = spec(ge=1)
     test_fraction: float = spec(gt=0.0, lt=1.0)
     val_fraction: float = spec(ge=0.0, lt=1.0)
@@ -124,6 +124,8 @@ def _fmt(x: float) -> str:
 def _check_value(key: str, value: Any, kind: Any, rule: dict) -> None:
     kinds = typing.get_args(kind) or (kind,)
     if value is None and type(None) in kinds:
+        return
+    if rule.get("auto") and value == "auto":
         return
     if "rates" in rule:
         rates = list(value) if OmegaConf.is_list(value) else None

@@ -273,6 +273,10 @@ class InMemoryDataModule(LightningDataModule):
     batch_size: int
     eval_batch_size: int
 
+    def suggested_max_epochs(self) -> int:
+        """How long a run trains when ``trainer.max_epochs`` is null and no ``trainer.max_steps`` is set."""
+        raise NotImplementedError
+
     def train_dataloader(self):
         batch_size = per_rank_batch_size(self, self.batch_size)
         return batch_loader(self.splits["train"], batch_size, shuffle=True, progress=self._training_progress)

@@ -161,6 +161,14 @@ class MNISTDataModule(InMemoryDataModule):
     def prepare_data(self) -> None:
         ensure_downloaded(self.data_dir, self.name, self.download)
 
+    # trainer.max_epochs=null: 15 epochs, with the default recipe (data initialisation, sigma floor 0.1,
+    # cosine schedule) 97.7% MNIST test accuracy in a few minutes on a 2-core CPU (docs/results.md)
+    SUGGESTED_EPOCHS = 15
+
+    def suggested_max_epochs(self) -> int:
+        """How long a run trains when ``trainer.max_epochs`` is null: :attr:`SUGGESTED_EPOCHS`."""
+        return self.SUGGESTED_EPOCHS
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
