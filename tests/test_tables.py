@@ -244,3 +244,36 @@ def test_a_column_constant_over_the_training_rows_keeps_scale_one(tmp_path):
     dm.setup()
     assert float(dm.std[1]) == 1.0 and float(dm.mean[1]) == 0.0
     assert dm.splits["test"].x[:, 1].max().item() == 5.0
+
+
+def test_auto_batch_size_follows_the_training_rows():
+    from ugmm.data.tabular import auto_batch_size
+
+    assert [auto_batch_size(n) for n in (10, 105, 1258, 10_000, 10**6)] == [16, 16, 32, 256, 256]
+
+
+def test_null_max_epochs_trains_a_table_for_about_2000_steps():
+    """trainer.max_epochs=null: the data's suggestion, written into the config (logged, scheduled, checkpointed)."""
+    from ugmm.builders import build_datamodule, resolve_max_epochs
+    from ugmm.data.tabular import TABLE_STEPS
+
+    cfg = make_cfg(["data=iris"])
+    assert cfg.trainer.max_epochs is None and cfg.data.batch_size == 16
+    dm = build_datamodule(cfg.data)
+    resolve_max_epochs(cfg, dm)
+    steps_per_epoch = -(-len(dm.table.train) // dm.batch_size)
+    assert cfg.trainer.max_epochs == dm.suggested_max_epochs() == -(-TABLE_STEPS // steps_per_epoch)
+    # an explicit limit, in epochs or steps, is left alone
+    for override, key, value in (("trainer.max_epochs=7", "max_epochs", 7), ("trainer.max_steps=50", "max_epochs", None)):
+        cfg = make_cfg(["data=iris", override])
+        resolve_max_epochs(cfg, dm)
+        assert cfg.trainer[key] == value
+
+
+def test_the_default_run_trains_mnist_for_its_suggested_epochs():
+    from ugmm.data.mnist import MNISTDataModule
+
+    cfg = make_cfg([])
+    assert cfg.trainer.max_epochs is None and cfg.scheduler._target_.endswith("CosineAnnealingLR")
+    assert (cfg.model.init, cfg.model.std_floor) == ("data", 0.1)
+    assert MNISTDataModule.SUGGESTED_EPOCHS == 15
