@@ -45,7 +45,9 @@ MODELS = {
 }
 # scikit-learn's bundled classification tables (they ship with the package: nothing is downloaded)
 SKLEARN_TABLES = ("iris", "wine", "breast_cancer", "digits")
-QUIET = ["logger=none", "callbacks=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# the printed command's own callbacks (checkpoints, early stopping), without the progress bar and model summary
+QUIET = ["logger=none", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false"]
+QUIET += ["trainer.enable_model_summary=false"]
 
 
 def sklearn_csv(name: str, folder: Path) -> Path:

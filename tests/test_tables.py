@@ -277,3 +277,30 @@ def test_the_default_run_trains_mnist_for_its_suggested_epochs():
     assert cfg.trainer.max_epochs is None and cfg.scheduler._target_.endswith("CosineAnnealingLR")
     assert (cfg.model.init, cfg.model.std_floor) == ("data", 0.1)
     assert MNISTDataModule.SUGGESTED_EPOCHS == 15
+
+
+def test_a_small_validation_split_tests_the_last_model_without_early_stopping(tmp_path):
+    """test_checkpoint=auto: Iris' 15 validation rows pick noise, so the run tests the end of its budget."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from ugmm.builders import MIN_SELECTION_ROWS, build_datamodule, resolve_test_checkpoint
+
+    cfg = make_cfg(["data=iris"])
+    dm = build_datamodule(cfg.data)
+    assert dm.validation_rows() == 15 < MIN_SELECTION_ROWS
+    assert "early_stopping" in cfg.callbacks  # on by default
+    callbacks = [EarlyStopping(monitor="val/acc", mode="max"), LearningRateMonitor()]
+    choice, kept = resolve_test_checkpoint(cfg, dm, callbacks)
+    assert choice == "last" and not any(isinstance(c, EarlyStopping) for c in kept)
+    best, kept = resolve_test_checkpoint(make_cfg(["data=iris", "test_checkpoint=best"]), dm, callbacks)
+    assert best == "best" and kept == callbacks
+    # MNIST's 5000 validation images are enough to choose by
+    mnist = type("DM", (), {"validation_rows": lambda self: 5000})()
+    assert resolve_test_checkpoint(make_cfg([]), mnist, callbacks)[0] == "best"
+    # end to end: the test metrics are the last model's, and metrics.json says so
+    overrides = ["data=iris", "trainer.max_epochs=3", "logger=none", f"paths.log_dir={tmp_path}"]
+    train(make_cfg([*overrides, "callbacks.rich_progress_bar=null"]))
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json")]
+    assert record["tested"] == "last"

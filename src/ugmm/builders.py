@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from hydra.errors import InstantiationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, open_dict
 
@@ -83,6 +84,29 @@ def build_loggers(cfg: DictConfig) -> list:
         for conf in (cfg.get("logger") or {}).values()
         if conf is not None and "_target_" in conf
     ]
+
+
+# test_checkpoint=auto: fewer validation rows than this and the best checkpoint is chosen by noise
+# (the accuracy of 1000 rows at 95% has a standard error of 0.7 points; of 15 Iris rows, 5.6)
+MIN_SELECTION_ROWS = 1000
+
+
+def resolve_test_checkpoint(cfg: DictConfig, datamodule, callbacks: list[Callback]) -> tuple[str, list[Callback]]:
+    """``best`` or ``last`` for ``test_checkpoint`` and the callbacks to train with: ``auto`` is ``best``
+    when the validation split has at least :data:`MIN_SELECTION_ROWS` rows, else ``last``, and with
+    ``last`` early stopping is off (the budget ends the run, not a noisy validation curve)."""
+    choice = cfg.get("test_checkpoint", "auto") or "auto"
+    if choice == "auto":
+        rows = datamodule.validation_rows()
+        choice = "best" if rows >= MIN_SELECTION_ROWS else "last"
+        if choice == "last":
+            log.info(
+                "test_checkpoint=auto: %d validation rows (< %d) pick noise; the last model is tested, early "
+                "stopping is off (test_checkpoint=best to choose by %s)", rows, MIN_SELECTION_ROWS, cfg.monitor.metric
+            )
+    if choice == "last":
+        callbacks = [c for c in callbacks if not isinstance(c, EarlyStopping)]
+    return choice, callbacks
 
 
 def resolve_max_epochs(cfg: DictConfig, datamodule) -> None:

@@ -75,6 +75,7 @@ class FitResult:
     metrics: dict[str, float]  # the val/ and test/ metrics
     is_global_zero: bool
     loggers: list
+    tested: str = "best"  # which weights the test metrics are of: best (checkpoint) | last
 
 
 def train(cfg: DictConfig) -> float:
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> float:
         "overrides": runs.hydra_overrides(),
         "wall_time_s": time.perf_counter() - start,
         "best_ckpt": str(Path(run.best_ckpt).resolve()) if run.best_ckpt else None,
+        "tested": run.tested,
         # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
         "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
     }
@@ -119,6 +121,9 @@ def train(cfg: DictConfig) -> float:
         extra = {"best " + monitor: f"{run.best:.4f}"}
         if run.best_ckpt:
             extra["best checkpoint"] = summary["best_ckpt"]
+        if run.tested == "last":
+            extra["tested"] = "the last model (test_checkpoint=last)"
+
         if preprocessing:
             extra["data"] = preprocessing
         runs.print_summary(f"{cfg.task_name}: final metrics", run.metrics, out_dir, extra)
@@ -144,6 +149,7 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
         loggers = builders.build_loggers(cfg)
         callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
         callbacks += [DivergenceGuard(), *resume_callbacks()]  # NaN loss stops at once; exact resume, preemption
+        test_checkpoint, callbacks = builders.resolve_test_checkpoint(cfg, datamodule, callbacks)
         trainer = builders.build_trainer(cfg, callbacks, loggers)
         if one_device and trainer.world_size > 1:
             raise ConfigError(
@@ -158,10 +164,11 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
         metrics = runs.floats(trainer.callback_metrics)
         best, best_ckpt = _best(trainer, metrics, cfg.monitor.metric)
         if cfg.get("test"):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_ckpt, weights_only=True, verbose=False)
+            tested = best_ckpt if test_checkpoint == "best" else None  # None: the weights training ended with
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
             metrics.update(runs.floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers)
+    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers, test_checkpoint)
 
 
 def cross_validate(cfg: DictConfig, k: int, start: float | None = None) -> float:

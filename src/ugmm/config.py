@@ -107,6 +107,7 @@ class NLLSchema:
 @dataclass
 class RunSchema:
     seed: int | None = spec(ge=0)
+    test_checkpoint: str = spec(choices=("auto", "best", "last"))
     mode: str = spec(choices=("max", "min"))  # monitor.mode
     metric: str = spec(nonempty="e.g. monitor.metric=val/acc")  # monitor.metric
 

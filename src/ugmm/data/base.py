@@ -277,6 +277,10 @@ class InMemoryDataModule(LightningDataModule):
         """How long a run trains when ``trainer.max_epochs`` is null and no ``trainer.max_steps`` is set."""
         raise NotImplementedError
 
+    def validation_rows(self) -> int:
+        """Rows of the validation split (``test_checkpoint=auto`` trusts a best checkpoint only on many)."""
+        raise NotImplementedError
+
     def train_dataloader(self):
         batch_size = per_rank_batch_size(self, self.batch_size)
         return batch_loader(self.splits["train"], batch_size, shuffle=True, progress=self._training_progress)

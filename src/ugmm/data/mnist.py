@@ -165,6 +165,9 @@ class MNISTDataModule(InMemoryDataModule):
     # cosine schedule) 97.7% MNIST test accuracy in a few minutes on a 2-core CPU (docs/results.md)
     SUGGESTED_EPOCHS = 15
 
+    def validation_rows(self) -> int:
+        return self.val_size
+
     def suggested_max_epochs(self) -> int:
         """How long a run trains when ``trainer.max_epochs`` is null: :attr:`SUGGESTED_EPOCHS`."""
         return self.SUGGESTED_EPOCHS

@@ -427,6 +427,9 @@ class TabularDataModule(InMemoryDataModule):
             return auto_batch_size(len(self.table.train))
         return int(self._batch_size)
 
+    def validation_rows(self) -> int:
+        return len(self.table.val)
+
     def suggested_max_epochs(self) -> int:
         """Epochs for about :data:`TABLE_STEPS` optimizer steps (at least :data:`MIN_TABLE_EPOCHS`): what a
         run trains with ``trainer.max_epochs=null``, so a 150-row table gets as many updates as a large one."""
