@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -159,7 +160,7 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
         " the same for every model); defaults only" + (f" plus `{label}`" if label else "") + ".",
         f"Hardware: {hw}.",
         "",
-        "Commands (seed = each listed seed):",
+        "Commands (seed = each listed seed; `<out>/tables/`: scikit-learn's bundled tables as CSV, written by the script):",
         "",
     ]
     seen = set()
@@ -168,6 +169,7 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
             continue
         seen.add((r["table"], r["model"]))
         cmd = r["command"].replace(f"seed={r['seed']}", "seed=<seed>").replace(f"split_seed={r['seed']}", "split_seed=<seed>")
+        cmd = re.sub(r"data\.path=\S*/tables/", "data.path=<out>/tables/", cmd)  # the bundled tables the script wrote
         lines.append(f"- {r['table']}, {r['model']}: `{cmd}`")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
