@@ -47,7 +47,12 @@ MODELS = {
 # scikit-learn's bundled classification tables (they ship with the package: nothing is downloaded)
 SKLEARN_TABLES = ("iris", "wine", "breast_cancer", "digits")
 # the printed command's own callbacks (checkpoints, early stopping), without the progress bar and model summary
-QUIET = ["logger=none", "callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "trainer.enable_progress_bar=false"]
+QUIET = [
+    "logger=none",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer.enable_progress_bar=false",
+]
 QUIET += ["trainer.enable_model_summary=false"]
 
 
@@ -102,7 +107,9 @@ def run_one(table: str, path: Path, target: str, model: str, seed: int, extra: l
     ]
     record = {"table": table, "model": model, "seed": seed, "command": "python train.py " + " ".join(overrides)}
     with initialize_config_module("ugmm.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *QUIET, f"paths.log_dir={runs_dir}", f"task_name={table}_{model}"])
+        cfg = compose(
+            "train", overrides=[*overrides, *QUIET, f"paths.log_dir={runs_dir}", f"task_name={table}_{model}"]
+        )
     start = time.perf_counter()
     log_file = runs_dir / f"{table}_{model}_seed{seed}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +167,8 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
         " the same for every model); defaults only" + (f" plus `{label}`" if label else "") + ".",
         f"Hardware: {hw}.",
         "",
-        "Commands (seed = each listed seed; `<out>/tables/`: scikit-learn's bundled tables as CSV, written by the script):",
+        "Commands (seed = each listed seed; `<out>/tables/`: scikit-learn's bundled tables as CSV, written by"
+        " the script):",
         "",
     ]
     seen = set()
@@ -168,7 +176,11 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
         if (r["table"], r["model"]) in seen:
             continue
         seen.add((r["table"], r["model"]))
-        cmd = r["command"].replace(f"seed={r['seed']}", "seed=<seed>").replace(f"split_seed={r['seed']}", "split_seed=<seed>")
+        cmd = (
+            r["command"]
+            .replace(f"seed={r['seed']}", "seed=<seed>")
+            .replace(f"split_seed={r['seed']}", "split_seed=<seed>")
+        )
         cmd = re.sub(r"data\.path=\S*/tables/", "data.path=<out>/tables/", cmd)  # the bundled tables the script wrote
         lines.append(f"- {r['table']}, {r['model']}: `{cmd}`")
     failed = [r for r in records if r["status"] != "ok"]

@@ -35,7 +35,9 @@ def test_every_model_on_a_written_table_with_paired_splits(tmp_path, capsys):
     assert rc == 0
     saved = json.loads((out / "results.json").read_text())
     runs = saved["runs"]
-    assert [(r["model"], r["seed"]) for r in runs] == [(m, s) for m in ("ugmm", "mlp", "linear", "ugmm_nll") for s in (3,)]
+    assert [(r["model"], r["seed"]) for r in runs] == [
+        (m, s) for m in ("ugmm", "mlp", "linear", "ugmm_nll") for s in (3,)
+    ]
     assert all(r["status"] == "ok" for r in runs)
     # the seed moves the split as well as the initialisation, the same way for every model
     assert all(f"data.split_seed={r['seed']}" in r["command"] for r in runs)

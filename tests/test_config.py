@@ -53,7 +53,13 @@ def test_defaults_are_the_paper_topology():
     assert (cfg.model._target_, cfg.model.width, cfg.model.depth, cfg.model.dropout) == ("ugmm.nn.uGMMNet", 128, 2, 0.2)
     assert (cfg.data.name, cfg.loss._target_) == ("MNIST", "ugmm.modules.Classifier")
     assert (cfg.optimizer._target_, cfg.optimizer.lr) == ("torch.optim.Adam", 0.01)
-    assert list(cfg.scheduler.milestones) == [20, 45] and cfg.scheduler.gamma == 0.1
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR" and cfg.scheduler.T_max is None
+    assert (cfg.model.init, cfg.model.std_floor, cfg.trainer.max_epochs, cfg.test_checkpoint) == (
+        "data",
+        0.1,
+        None,
+        "auto",
+    )
     assert cfg.seed == 0 and cfg.ckpt_path is None
     validate_train_config(cfg)
 
@@ -205,7 +211,10 @@ BAD = [
     (["optimizer._target_=torch.optim.Bogus"], "optimizer._target_=torch.optim.Bogus cannot be imported"),
     (["+optimizer.bogus=1"], "optimizer: TypeError:"),
     (["scheduler=cosine", "+scheduler.milestones=[1]"], "scheduler: TypeError:"),
-    (["scheduler.milestones=[0,3]"], "scheduler.milestones=[0, 3] must be a list of positive epoch numbers"),
+    (
+        ["scheduler=multistep", "scheduler.milestones=[0,3]"],
+        "scheduler.milestones=[0, 3] must be a list of positive epoch numbers",
+    ),
     (["data=csv"], "data.path is required"),
     (["data=iris", "data.val_fraction=0.9"], "must be < 1"),
     (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is out of range: must be in [0, 60000)"),

@@ -264,7 +264,10 @@ def test_null_max_epochs_trains_a_table_for_about_2000_steps():
     steps_per_epoch = -(-len(dm.table.train) // dm.batch_size)
     assert cfg.trainer.max_epochs == dm.suggested_max_epochs() == -(-TABLE_STEPS // steps_per_epoch)
     # an explicit limit, in epochs or steps, is left alone
-    for override, key, value in (("trainer.max_epochs=7", "max_epochs", 7), ("trainer.max_steps=50", "max_epochs", None)):
+    for override, key, value in (
+        ("trainer.max_epochs=7", "max_epochs", 7),
+        ("trainer.max_steps=50", "max_epochs", None),
+    ):
         cfg = make_cfg(["data=iris", override])
         resolve_max_epochs(cfg, dm)
         assert cfg.trainer[key] == value
@@ -281,9 +284,7 @@ def test_the_default_run_trains_mnist_for_its_suggested_epochs():
 
 def test_a_small_validation_split_tests_the_last_model_without_early_stopping(tmp_path):
     """test_checkpoint=auto: Iris' 15 validation rows pick noise, so the run tests the end of its budget."""
-    from lightning.pytorch.callbacks import EarlyStopping
-
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
     from ugmm.builders import MIN_SELECTION_ROWS, build_datamodule, resolve_test_checkpoint
 

@@ -102,7 +102,10 @@ def resolve_test_checkpoint(cfg: DictConfig, datamodule, callbacks: list[Callbac
         if choice == "last":
             log.info(
                 "test_checkpoint=auto: %d validation rows (< %d) pick noise; the last model is tested, early "
-                "stopping is off (test_checkpoint=best to choose by %s)", rows, MIN_SELECTION_ROWS, cfg.monitor.metric
+                "stopping is off (test_checkpoint=best to choose by %s)",
+                rows,
+                MIN_SELECTION_ROWS,
+                cfg.monitor.metric,
             )
     if choice == "last":
         callbacks = [c for c in callbacks if not isinstance(c, EarlyStopping)]
