@@ -36,7 +36,7 @@ def test_train_eval_resume_with_python_scripts(tmp_path):
     assert record["status"] == "ok" and "loss=nll" in record["overrides"]
 
     evaluated = _run(
-        [sys.executable, str(REPO / "eval.py"), f"ckpt_path={record['best_ckpt']}", f"paths.log_dir={logs}"], tmp_path
+        [sys.executable, str(REPO / "eval.py"), f"ckpt_path={record['tested_ckpt']}", f"paths.log_dir={logs}"], tmp_path
     )
     assert "test/acc" in evaluated.stdout
     (ev,) = _records(logs, "eval")

@@ -304,4 +304,4 @@ def test_a_small_validation_split_tests_the_last_model_without_early_stopping(tm
     overrides = ["data=iris", "trainer.max_epochs=3", "logger=none", f"paths.log_dir={tmp_path}"]
     train(make_cfg([*overrides, "callbacks.rich_progress_bar=null"]))
     (record,) = [json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json")]
-    assert record["tested"] == "last"
+    assert record["tested"] == "last" and record["tested_ckpt"].endswith("last.ckpt")

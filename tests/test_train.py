@@ -62,7 +62,7 @@ def test_both_losses_on_both_data_sets(tmp_path, fake_mnist, loss, data):
 
 def test_train_then_eval_gives_the_same_test_metric(tmp_path):
     best, record = _run(tmp_path, ["data=iris", "loss=nll", "model.width=6", "trainer.max_epochs=3"])
-    ckpt = record["best_ckpt"]
+    ckpt = record["tested_ckpt"]  # the weights the test metrics are of (iris: the last model)
     # the checkpoint loads with torch's default weights_only=True: no objects in it
     hparams = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["loss"] == "nll" and hparams["data"]["name"] == "iris"

@@ -76,6 +76,7 @@ class FitResult:
     is_global_zero: bool
     loggers: list
     tested: str = "best"  # which weights the test metrics are of: best (checkpoint) | last
+    tested_ckpt: str | None = None  # their checkpoint (eval.py on it repeats the test metrics)
 
 
 def train(cfg: DictConfig) -> float:
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> float:
         "wall_time_s": time.perf_counter() - start,
         "best_ckpt": str(Path(run.best_ckpt).resolve()) if run.best_ckpt else None,
         "tested": run.tested,
+        "tested_ckpt": str(Path(run.tested_ckpt).resolve()) if run.tested_ckpt else None,
         # robust (issue 12): a resumed run links the run it continues (its own csv holds the new epochs)
         "resumed_from": str(Path(ckpt_path).resolve()) if ckpt_path else None,
     }
@@ -168,7 +170,10 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
             trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
             metrics.update(runs.floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers, test_checkpoint)
+    # the un-monitored checkpoint callback (callbacks.last_checkpoint) holds the weights training ended with
+    last_ckpt = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None), None) or None
+    tested_ckpt = best_ckpt if test_checkpoint == "best" else last_ckpt
+    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers, test_checkpoint, tested_ckpt)
 
 
 def cross_validate(cfg: DictConfig, k: int, start: float | None = None) -> float:
