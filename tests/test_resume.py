@@ -88,9 +88,10 @@ def test_augmented_mnist_resumes_exactly_mid_epoch(tmp_path, monkeypatch):
 
 def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path):
     _train(tmp_path, ["task_name=done", "data=iris", "model.width=4", "trainer.max_epochs=2", "logger=none"])
-    cfg = make_cfg([f"paths.log_dir={tmp_path}", "task_name=done", "data=iris", "trainer.max_epochs=2"])
+    limit = ["trainer.max_epochs=2"]  # without it the run would extend to the data's suggested epochs
+    cfg = make_cfg([f"paths.log_dir={tmp_path}", "task_name=done", "data=iris", *limit])
     with cfg_unchanged_dirs(tmp_path / "done" / "runs"), pytest.raises(ConfigError) as info:
-        train(make_cfg([f"paths.log_dir={tmp_path}", "task_name=done", "data=iris", "ckpt_path=last"]))
+        train(make_cfg([f"paths.log_dir={tmp_path}", "task_name=done", "data=iris", "ckpt_path=last", *limit]))
     assert "already finished (2 of trainer.max_epochs=2 epochs)" in str(info.value)
     assert "trainer.max_epochs=3 or more" in str(info.value) and "\n" not in str(info.value)
     assert cfg.trainer.max_epochs == 2
