@@ -23,7 +23,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -31,11 +30,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-# as train.py (ugmm.launch): idle OpenMP threads must not spin, before torch loads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ugmm.records import mean_std  # the package first: it sets OMP_WAIT_POLICY=PASSIVE before torch loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import REPO, hardware, mean_std  # noqa: E402 - the scripts folder is not a package
+from reproduce import REPO, hardware  # noqa: E402 - the scripts folder is not a package
 
 # model name -> train.py overrides; ugmm_nll is the generative model, classifying by MAP over the label
 MODELS = {

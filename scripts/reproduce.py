@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -28,6 +27,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+from ugmm.records import mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("paper_mnist", "paper_iris", "mnist_mlp")
@@ -117,16 +118,6 @@ def _child_env() -> dict:
     env.setdefault("WANDB_MODE", "offline")
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        raise ValueError("mean_std of no values")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def aggregate(records: list[dict]) -> dict[str, dict]:

@@ -44,7 +44,7 @@ from ugmm.divergence import DivergenceGuard
 from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
 from ugmm.overrides import check_plain_keys
-from ugmm.records import write_job_metrics
+from ugmm.records import mean_std, write_job_metrics
 from ugmm.resume import check_resumable, requeued_checkpoint, resume_callbacks
 from ugmm.tasks import fail, run_task
 
@@ -264,14 +264,6 @@ def cv_record(cfg: DictConfig, results: list[FitResult]) -> tuple[dict, str]:
 def _flat(metric: str) -> str:
     """``val/acc`` -> ``val_acc``: a metric's name inside a ``cv/`` key."""
     return metric.replace("/", "_")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

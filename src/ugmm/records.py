@@ -93,6 +93,16 @@ class JobResult:
         return self.status == "ok" and self.best is not None and math.isfinite(self.best)
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value) of runs' or folds' values."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def _read_hydra_job(job_dir: Path) -> tuple[int | None, list[str]]:
     """Job number and task overrides from ``<job_dir>/.hydra/`` (written by Hydra before the task runs)."""
     num, overrides = None, []
