@@ -125,7 +125,6 @@ def train(cfg: DictConfig) -> float:
             extra["best checkpoint"] = summary["best_ckpt"]
         if run.tested == "last":
             extra["tested"] = "the last model (test_checkpoint=last)"
-
         if preprocessing:
             extra["data"] = preprocessing
         runs.print_summary(f"{cfg.task_name}: final metrics", run.metrics, out_dir, extra)
