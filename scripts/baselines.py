@@ -4,8 +4,8 @@ Every (table, model, seed) is one ``train()`` of ``python train.py data=csv data
 data.target=<column> model=<model> seed=<s> data.split_seed=<s>`` composed in-process (no subprocess
 start-up per run): the seed moves the initialisation *and* the train/validation/test split, and every
 model sees the same splits, so the comparison is paired. ``results.json`` is rewritten after every run;
-the table (test accuracy, mean +- sample std over seeds; the validation accuracy at the end of training beside it) is printed
-and written to ``results.md``.
+the table (test accuracy, mean +- sample std over seeds; the validation accuracy at the end of
+training beside it) is printed and written to ``results.md``.
 
     python scripts/baselines.py                                   # Iris, wine, breast cancer, digits; 5 seeds
     python scripts/baselines.py --tables iris my.csv:label --seeds 0 1 2 --models ugmm mlp linear ugmm_nll
