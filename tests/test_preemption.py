@@ -21,6 +21,12 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def _train_py(*args: str) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` from the repository, output captured (five minutes at most)."""
+    cmd = [sys.executable, "train.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -60,14 +66,7 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum):
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     # saved at the end of the step the signal interrupted: its step is the run's last
     assert ckpt["global_step"] == record["step"] and "RandomStates" in ckpt["callbacks"]
-    resumed = subprocess.run(
-        [sys.executable, "train.py", *args, f"trainer.max_epochs={ckpt['epoch'] + 2}", "ckpt_path=last"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = _train_py(*args, f"trainer.max_epochs={ckpt['epoch'] + 2}", "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     runs = sorted(logs.glob("train/runs/*/metrics.json"))
     final = json.loads(runs[-1].read_text())
@@ -76,14 +75,8 @@ def test_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signum):
 
 def test_divergence_single_run_exits_3_with_one_line(tmp_path):
     logs = tmp_path / "logs"
-    result = subprocess.run(
-        [sys.executable, "train.py", "data=iris", "optimizer.lr=1e6", "model.backend=reference"]
-        + [f"paths.log_dir={logs}", "logger=none", *QUIET],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _train_py(
+        "data=iris", "optimizer.lr=1e6", "model.backend=reference", f"paths.log_dir={logs}", "logger=none", *QUIET
     )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "Encountered `nan`" not in result.stderr
@@ -96,14 +89,9 @@ def test_divergence_single_run_exits_3_with_one_line(tmp_path):
 
 def test_divergence_in_a_multirun_is_listed_and_the_sweep_goes_on(tmp_path):
     logs = tmp_path / "logs"
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", "data=iris", "model.width=4", "model.backend=reference"]
-        + ["trainer.max_epochs=2", "optimizer.lr=1e6,0.01", f"paths.log_dir={logs}", "logger=none", *QUIET],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _train_py(
+        *["-m", "data=iris", "model.width=4", "model.backend=reference", "trainer.max_epochs=2"],
+        *["optimizer.lr=1e6,0.01", f"paths.log_dir={logs}", "logger=none", *QUIET],
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = logs.glob("train/multiruns/*/summary.csv")
