@@ -32,6 +32,8 @@ from ugmm.records import mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("paper_mnist", "paper_iris", "mnist_mlp")
+# --experiments default: plain `python train.py` (the shipped defaults), e.g. with a search's best overrides
+DEFAULT = "default"
 
 # what the paper (arXiv 2509.07569) and its public code report for the same setting
 PAPER = {
@@ -82,8 +84,12 @@ def hardware() -> str:
 
 
 def command_for(experiment: str, seed: int | str, extra: list[str], quick: bool) -> list[str]:
-    """The train.py overrides of one run, without the run dir (which the script adds)."""
-    return [f"experiment={experiment}", f"seed={seed}", *(QUICK_OVERRIDES if quick else ()), *extra]
+    """The train.py overrides of one run, without the run dir (which the script adds).
+
+    ``experiment="default"`` is the shipped defaults (no ``experiment=`` override).
+    """
+    chosen = [] if experiment == DEFAULT else [f"experiment={experiment}"]
+    return [*chosen, f"seed={seed}", *(QUICK_OVERRIDES if quick else ()), *extra]
 
 
 def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path, label: str | None = None) -> dict:
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(args.render), end="")
         return 0
 
-    known = {p.stem for p in (REPO / "src" / "ugmm" / "conf" / "experiment").glob("*.yaml")}
+    known = {p.stem for p in (REPO / "src" / "ugmm" / "conf" / "experiment").glob("*.yaml")} | {DEFAULT}
     unknown = [e for e in args.experiments if e not in known]
     if unknown:
         parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
