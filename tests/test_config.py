@@ -174,6 +174,15 @@ def test_any_optimizer_class_by_target():
     assert isinstance(opt, torch.optim.RAdam) and opt.defaults["lr"] == 3e-3
 
 
+def test_fused_optimizer_unless_the_config_says_otherwise():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert build_optimizer(params, make_cfg([]).optimizer).defaults["fused"] is True
+    assert build_optimizer(params, make_cfg(["+optimizer.fused=false"]).optimizer).defaults["fused"] is False
+    assert build_optimizer(params, make_cfg(["optimizer=sgd"]).optimizer).defaults["fused"] is True
+    integer = [torch.zeros(2, dtype=torch.long)]  # a fused kernel needs floats: the plain loop is kept
+    assert not build_optimizer(integer, make_cfg([]).optimizer).defaults["fused"]
+
+
 @pytest.mark.parametrize("debug", group_options("debug"))
 def test_every_debug_option_composes(debug):
     cfg = make_cfg([f"debug={debug}", "data=iris"])

@@ -116,20 +116,23 @@ def test_zero_input_path_context_manager_and_argument():
 
 @pytest.mark.parametrize("zeros,n_in", [(0.8, 785), (0.6, 3)])
 def test_standardised_background_takes_the_zero_path(zeros, n_in):
-    # standardised MNIST: the background is -mean/std, not 0; inputs and means are translated so it is
+    # standardised MNIST: the background is -mean/std, not 0; the kernel takes the minimum as its background
     x, means, stds, log_weights = make_case(40, 16, n_in, zeros=zeros, drop=0.2, seed=3)
     background = -0.1307 / 0.3081
     x = torch.where(x == 0, torch.full_like(x, background), x.abs().clamp(max=1.0) / 0.3081 + background)
-    shifted, shifted_means = cpu._shift_background_to_zero(x, means)
-    assert ((shifted == 0) == (x == background)).all() and (x == background).float().mean() >= 0.5
-    torch.testing.assert_close(shifted_means, means - background)
+    assert cpu._extension().background(x) == pytest.approx(background)
     assert_matches_reference([x, means, stds, log_weights])
+    dense = cpu.mixture_loglik(x, means, stds, log_weights, zero_inputs=False)
+    torch.testing.assert_close(cpu.mixture_loglik(x, means, stds, log_weights), dense, rtol=1e-5, atol=1e-5)
 
 
-def test_no_shift_without_a_dominant_background():
-    x, means = make_case(8, 3, 17, seed=4)[:2]
-    shifted, shifted_means = cpu._shift_background_to_zero(x, means)
-    assert shifted is x and shifted_means is means
+def test_background_is_zero_first_then_the_minimum():
+    ext = cpu._extension()
+    assert ext.background(torch.tensor([[0.0, 0.0, -1.0, 2.0]])) == 0.0  # half the inputs are 0
+    assert ext.background(torch.tensor([[-1.0, -1.0, 0.0, 2.0]])) == -1.0
+    assert ext.background(make_case(8, 3, 17, seed=4)[0]) is None  # no dominant value: the dense path
+    assert ext.background(torch.full((2, 3), float("-inf"))) is None
+    assert ext.background(torch.empty(0, 3)) is None
 
 
 @pytest.mark.parametrize("n_bad", [1, 16])

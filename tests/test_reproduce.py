@@ -20,6 +20,11 @@ def test_mean_std_is_the_sample_std():
         reproduce.mean_std([])
 
 
+def test_default_is_the_shipped_defaults_without_an_experiment():
+    assert reproduce.command_for("default", 1, ["model=mlp"], quick=False) == ["seed=1", "model=mlp"]
+    assert reproduce.command_for("paper_iris", 0, [], quick=False) == ["experiment=paper_iris", "seed=0"]
+
+
 def test_failed_runs_are_counted_but_left_out_of_the_statistics():
     records = [
         {

@@ -167,24 +167,6 @@ def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights
         raise ValueError("the cpu backend needs every tensor on the CPU")
 
 
-def _shift_background_to_zero(
-    x: torch.Tensor, means: torch.Tensor, zero_inputs: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Translate inputs and means so that a constant background value becomes exactly 0.
-
-    The zero-input path needs exact zeros, but standardised images have their background at
-    ``-mean/std`` (MNIST: -0.4242). ``N(x; mu, sigma) = N(x - v; mu - v, sigma)`` for any v, so with v the
-    batch minimum, when at least half the inputs equal it, the output and every gradient are unchanged
-    (``x - v`` is exactly 0 where ``x == v``) while the kernel takes the fast path.
-    """
-    if not zero_inputs or x.numel() == 0:
-        return x, means
-    v = x.min()
-    if v == 0 or not torch.isfinite(v) or (x == v).sum() * 2 < x.numel():
-        return x, means
-    return x - v, means - v
-
-
 # ---- the op, registered with torch.library so that torch.compile and torch.export see one opaque node ----
 # ``ugmm::cpu_mixture_loglik`` (forward) and ``ugmm::cpu_mixture_loglik_backward`` (all four gradients in
 # one sweep); autograd connects them (register_autograd), and fake implementations give compile the shapes.
@@ -194,7 +176,6 @@ def _shift_background_to_zero(
 def _forward_op(
     x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor, zero_inputs: bool
 ) -> torch.Tensor:
-    x, means = _shift_background_to_zero(x, means, zero_inputs)
     inv_sigma, c = _derived(stds, log_weights)
     return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
 
@@ -217,7 +198,6 @@ def _backward_op(
     zero_inputs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dmeans, dstds, dlog_weights); the ones not asked for are empty (0,) tensors."""
-    x, means = _shift_background_to_zero(x, means, zero_inputs)
     inv_sigma, c = _derived(stds, log_weights)
     grads = _extension().backward(
         grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),

@@ -13,13 +13,14 @@
 // accumulated in per-thread buffers) or the rows b (dx owned, parameter gradients in per-thread buffers),
 // whichever needs the smaller buffer; buffers are summed in a fixed order, so results are deterministic.
 //
-// Zero inputs (MNIST: ~80% of pixels are exactly 0), used when at least half of x is 0: with a per-neuron
-// shift m[j] = max_k c[j,k] (q <= c, so exp(q - m) <= 1 never overflows) every zero input contributes the
-// per-(j,k) constant E[j,k] = exp(q(0; j,k) - m[j]); their sum over k is a matmul Z @ E^T with Z = [x == 0].
-// Only nonzero inputs need per-term exponentials (vectorised over neurons j, parameters transposed to
-// (n_in, n_out)). In the backward, with h = g exp(m - y), the zero inputs' terms are matmuls as well
-// (h^T Z for the parameters, h E' for dx), and the nonzero inputs are swept column by column, parallel over
-// inputs k, so every thread owns its dx[:, k] and its parameter-gradient columns: no races, no buffers.
+// Background inputs (MNIST: ~80% of pixels are exactly 0; standardised images: exactly -mean/std), used when
+// at least half of x equals one value v (0, else the minimum of x): with a per-neuron shift m[j] = max_k c[j,k]
+// (q <= c, so exp(q - m) <= 1 never overflows) every input equal to v contributes the per-(j,k) constant
+// E[j,k] = exp(q(v; j,k) - m[j]); their sum over k is a matmul Z @ E^T with Z = [x == v]. Only the other
+// inputs need per-term exponentials (vectorised over neurons j, parameters transposed to (n_in, n_out)). In
+// the backward, with h = g exp(m - y), the background inputs' terms are matmuls as well (h^T Z for the
+// parameters, h E' for dx), and the other inputs are swept column by column, parallel over inputs k, so every
+// thread owns its dx[:, k] and its parameter-gradient columns: no races, no buffers.
 // Rows whose shifted sum underflows (true max far below m[j]) are recomputed exactly by the dense path.
 
 #include <torch/extension.h>
@@ -33,6 +34,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -578,14 +580,14 @@ constexpr bool kHaveAvx512 = false;
 // The zero-input path pays off when most inputs are exactly 0 (MNIST: ~80% of pixels).
 constexpr double kSparseMinZeroFraction = 0.5;
 
-// Per-neuron shift m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and, for input 0,
-// E = exp(q(0) - m), E z0 / sigma and E (z0^2 - 1) / sigma with z0 = -mu / sigma.
+// Per-neuron shift m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and, for an input at the
+// background value v, E = exp(q(v) - m), E z0 / sigma and E (z0^2 - 1) / sigma with z0 = (v - mu) / sigma.
 struct ZeroTables {
   at::Tensor m, E, Ezs, Ez2s;
 };
 
 template <typename T>
-ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c, bool need_grads) {
+ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c, bool need_grads, T v) {
   const int64_t n_out = mu.size(0), n_in = mu.size(1);
   ZeroTables t{at::empty({n_out}, mu.options()), at::empty_like(mu), need_grads ? at::empty_like(mu) : at::Tensor(),
                need_grads ? at::empty_like(mu) : at::Tensor()};
@@ -604,12 +606,12 @@ ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Ten
       T* Ej = pE + j * n_in;
 #pragma omp simd
       for (int64_t k = 0; k < n_in; ++k) {
-        T z0 = -muj[k] * isj[k];
+        T z0 = (v - muj[k]) * isj[k];
         Ej[k] = vexp(cj[k] - T(0.5) * z0 * z0 - mj);
       }
       if (need_grads) {
         for (int64_t k = 0; k < n_in; ++k) {
-          T z0 = -muj[k] * isj[k];
+          T z0 = (v - muj[k]) * isj[k];
           pEzs[j * n_in + k] = Ej[k] * z0 * isj[k];
           pEz2s[j * n_in + k] = Ej[k] * (z0 * z0 - T(1)) * isj[k];
         }
@@ -619,35 +621,166 @@ ZeroTables zero_tables(const at::Tensor& mu, const at::Tensor& is, const at::Ten
   return t;
 }
 
+// The background value v of x: 0 when at least half of x is 0, else the minimum of x when at least half of x
+// equals it (standardised images); false when neither holds (or x is empty), and the dense path runs.
 template <typename T>
-bool mostly_zero(const at::Tensor& x) {
+bool background_value(const at::Tensor& x, T* v) {
   const T* p = x.data_ptr<T>();
   const int64_t n = x.numel();
+  if (n == 0) return false;
   int64_t zeros = 0;
-#pragma omp simd reduction(+ : zeros)
-  for (int64_t i = 0; i < n; ++i) zeros += p[i] == T(0);
-  return n > 0 && zeros >= kSparseMinZeroFraction * n;
+  T mn = std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(+ : zeros) reduction(min : mn)
+  for (int64_t i = 0; i < n; ++i) {
+    zeros += p[i] == T(0);
+    mn = p[i] < mn ? p[i] : mn;
+  }
+  if (zeros >= kSparseMinZeroFraction * n) {
+    *v = T(0);
+    return true;
+  }
+  if (!std::isfinite(mn)) return false;
+  int64_t at_min = 0;
+#pragma omp simd reduction(+ : at_min)
+  for (int64_t i = 0; i < n; ++i) at_min += p[i] == mn;
+  *v = mn;
+  return at_min >= kSparseMinZeroFraction * n;
 }
 
-// Nonzero positions of row xb, written to nz; returns their count.
+// Z = [x == v] as x's dtype, (B, n_in): which inputs sit at the background
 template <typename T>
-inline int64_t nonzeros(const T* xb, int64_t n_in, int64_t* nz) {
+at::Tensor background_indicator(const at::Tensor& x, T v) {
+  at::Tensor Z = at::empty_like(x);
+  const T* p = x.data_ptr<T>();
+  T* pz = Z.data_ptr<T>();
+  const int64_t n = x.numel();
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) pz[i] = p[i] == v ? T(1) : T(0);
+  return Z;
+}
+
+// Positions of row xb's inputs other than the background v, written to nz; returns their count.
+template <typename T, typename I>
+inline int64_t foreground(const T* xb, int64_t n_in, T v, I* nz) {
   int64_t n = 0;
   for (int64_t k = 0; k < n_in; ++k) {
-    nz[n] = k;
-    n += xb[k] != T(0);
+    nz[n] = static_cast<I>(k);
+    n += xb[k] != v;  // NaN counts: it propagates through its terms
   }
   return n;
 }
 
-// Forward with the shift m[j]: S = Z @ E^T for the zero inputs plus per-term exponentials of the nonzero ones,
+#ifdef __AVX512F__
+// AVX-512 loops of the background path. Neurons are taken 16 NV at a time (NV vectors), so their sums stay
+// in registers over a row's (forward) or a column's (backward) foreground inputs; lanes past n_out are masked.
+constexpr int kSparseVectors = 4;
+
+template <int NV>
+inline void lane_masks(int64_t j0, int64_t n_out, __mmask16* mk) {
+  for (int v = 0; v < NV; ++v) {
+    const int64_t j = j0 + 16 * v;
+    mk[v] = j + 16 <= n_out ? static_cast<__mmask16>(0xFFFF) : (j < n_out ? tail_mask(n_out - j) : 0);
+  }
+}
+
+// Positions of row xb's inputs other than v (NaN included), as int32; nz needs n_in + 16 slots.
+inline int64_t foreground_avx512(const float* __restrict xb, int64_t n_in, float v, int32_t* __restrict nz) {
+  const __m512 vv = _mm512_set1_ps(v);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t n = 0;
+  for (int64_t k = 0; k < n_in; k += 16) {
+    const __mmask16 mk = k + 16 <= n_in ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_in - k);
+    const __mmask16 fg = _mm512_mask_cmp_ps_mask(mk, _mm512_maskz_loadu_ps(mk, xb + k), vv, _CMP_NEQ_UQ);
+    // compress in a register and store all 16 lanes: a compress straight to memory is microcoded on some CPUs
+    const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(k)));
+    _mm512_storeu_si512(nz + n, _mm512_maskz_compress_epi32(fg, idx));
+    n += _mm_popcnt_u32(fg);
+  }
+  return n;
+}
+
+// acc[j0 : j0 + 16 NV] += sum over the row's foreground inputs k of 2^(cT - ((x - muT) aT)^2), with the tables
+// transposed to (n_in, n_out) and in base 2 (aT = inv_sigma sqrt(L / 2), cT = (c - m) L; see forward_sparse)
+template <int NV>
+inline void sparse_forward_block(const float* __restrict xb, const int32_t* __restrict nz, int64_t n,
+                                 const float* __restrict muT, const float* __restrict aT, const float* __restrict cT,
+                                 int64_t n_out, int64_t j0, float* __restrict acc) {
+  __mmask16 mk[NV];
+  __m512 a[NV];
+  lane_masks<NV>(j0, n_out, mk);
+  for (int v = 0; v < NV; ++v) a[v] = _mm512_maskz_loadu_ps(mk[v], acc + j0 + 16 * v);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = nz[i];
+    const __m512 xv = _mm512_set1_ps(xb[k]);
+    const int64_t at = k * n_out + j0;
+    for (int v = 0; v < NV; ++v) {
+      const __m512 zz = _mm512_mul_ps(_mm512_sub_ps(xv, _mm512_maskz_loadu_ps(mk[v], muT + at + 16 * v)),
+                                      _mm512_maskz_loadu_ps(mk[v], aT + at + 16 * v));
+      const __m512 cv = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk[v], cT + at + 16 * v);
+      a[v] = _mm512_add_ps(a[v], exp2_avx512(_mm512_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(acc + j0 + 16 * v, mk[v], a[v]);
+}
+
+// Column k's gradient sums over its foreground rows, for neurons [j0, j0 + 16 NV): with G = g exp(q - y),
+//   dx[b,k] -= sum_j G z inv_sigma,  dmu += G z inv_sigma,  dsigma += G (z^2 - 1) inv_sigma,  dlog_pi += G,
+// the sums over rows kept in registers; q in natural units with the instructions of the exact rows.
+template <int NV, bool NEED_X, bool NEED_P>
+inline void sparse_backward_block(const int32_t* __restrict rows, const float* __restrict vals, int64_t nr,
+                                  const float* __restrict muk, const float* __restrict isk,
+                                  const float* __restrict ck, const float* __restrict ge,
+                                  const float* __restrict ye, int64_t n_out, int64_t j0, int64_t n_in, int64_t k,
+                                  float* __restrict dx, float* __restrict amu, float* __restrict asig,
+                                  float* __restrict alw) {
+  __mmask16 mk[NV];
+  __m512 mu[NV], is[NV], c[NV], smu[NV], ssig[NV], slw[NV];
+  lane_masks<NV>(j0, n_out, mk);
+  for (int v = 0; v < NV; ++v) {
+    mu[v] = _mm512_maskz_loadu_ps(mk[v], muk + j0 + 16 * v);
+    is[v] = _mm512_maskz_loadu_ps(mk[v], isk + j0 + 16 * v);
+    c[v] = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk[v], ck + j0 + 16 * v);
+    smu[v] = ssig[v] = slw[v] = _mm512_setzero_ps();
+  }
+  const __m512 half = _mm512_set1_ps(0.5f), L = _mm512_set1_ps(kLog2e);
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t b = rows[r];
+    const __m512 xv = _mm512_set1_ps(vals[r]);
+    const float *gb = ge + b * n_out + j0, *yb = ye + b * n_out + j0;
+    __m512 sx = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, mu[v]), is[v]);
+      const __m512 q = _mm512_fnmadd_ps(_mm512_mul_ps(z, half), z, c[v]);
+      const __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, _mm512_maskz_loadu_ps(mk[v], yb + 16 * v)), L);
+      const __m512 G = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[v], gb + 16 * v), exp2_avx512(t));
+      const __m512 Gs = _mm512_mul_ps(G, is[v]), Gzs = _mm512_mul_ps(Gs, z);
+      if (NEED_X) sx = _mm512_add_ps(sx, Gzs);
+      if (NEED_P) {
+        smu[v] = _mm512_add_ps(smu[v], Gzs);
+        ssig[v] = _mm512_add_ps(ssig[v], _mm512_fmsub_ps(Gzs, z, Gs));
+        slw[v] = _mm512_add_ps(slw[v], G);
+      }
+    }
+    if (NEED_X) dx[b * n_in + k] -= _mm512_reduce_add_ps(sx);
+  }
+  if (NEED_P) {
+    for (int v = 0; v < NV; ++v) {
+      _mm512_mask_storeu_ps(amu + j0 + 16 * v, mk[v], smu[v]);
+      _mm512_mask_storeu_ps(asig + j0 + 16 * v, mk[v], ssig[v]);
+      _mm512_mask_storeu_ps(alw + j0 + 16 * v, mk[v], slw[v]);
+    }
+  }
+}
+#endif
+
+// Forward with the shift m[j]: S = Z @ E^T for the background inputs plus per-term exponentials of the others,
 // vectorised over neurons j with the parameters transposed to (n_in, n_out). Underflowed sums: exact path.
 template <typename T>
 void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is, const at::Tensor& c,
-                    at::Tensor& y, bool simd) {
+                    at::Tensor& y, bool simd, T v) {
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
-  ZeroTables tab = zero_tables<T>(mu, is, c, false);
-  at::Tensor S0 = at::mm(x.eq(0).to(x.scalar_type()), tab.E.t());  // (B, n_out)
+  ZeroTables tab = zero_tables<T>(mu, is, c, false, v);
+  at::Tensor S0 = at::mm(background_indicator<T>(x, v), tab.E.t());  // (B, n_out)
   // c shifted by m[j] once, transposed: one subtraction less per term
   at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = (c - tab.m.unsqueeze(1)).t().contiguous();
   if (simd) {  // the AVX-512 loop works in base 2
@@ -662,36 +795,35 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
   dynamic_for(n_tasks, grain(rows_per_task * n_out * n_in), [&](int64_t task) {
     const int64_t b0 = task * rows_per_task, b1 = std::min(B, b0 + rows_per_task);
     std::vector<T> acc(n_out), q(n_in);
-    std::vector<int64_t> nz(n_in);
+    std::vector<int32_t> nz(n_in + 16);
     for (int64_t b = b0; b < b1; ++b) {
       const T* xb = px + b * n_in;
-      const int64_t n = nonzeros(xb, n_in, nz.data());
       std::copy(pS0 + b * n_out, pS0 + (b + 1) * n_out, acc.begin());
       T* __restrict a = acc.data();
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = nz[i];
-        const T xv = xb[k];
-        const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out,
-                            *__restrict ck = pcT + k * n_out;
+      bool done = false;
 #ifdef __AVX512F__
-        if constexpr (std::is_same_v<T, float>) {
-          if (simd) {  // base-2 tables (isk = inv_sigma sqrt(L / 2), ck = (c - m) L): see the dense forward
-            const __m512 xvv = _mm512_set1_ps(xv);
-            for (int64_t j = 0; j < n_out; j += 16) {
-              const __mmask16 mk = j + 16 <= n_out ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_out - j);
-              const __m512 zz = _mm512_mul_ps(_mm512_sub_ps(xvv, _mm512_maskz_loadu_ps(mk, muk + j)),
-                                              _mm512_maskz_loadu_ps(mk, isk + j));
-              const __m512 t = _mm512_fnmadd_ps(zz, zz, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, ck + j));
-              _mm512_mask_storeu_ps(a + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, a + j), exp2_avx512(t)));
-            }
-            continue;
+      if constexpr (std::is_same_v<T, float>) {
+        if (simd) {
+          const int64_t n = foreground_avx512(xb, n_in, v, nz.data());
+          for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
+            sparse_forward_block<kSparseVectors>(xb, nz.data(), n, pmuT, pisT, pcT, n_out, j0, a);
           }
+          done = true;
         }
+      }
 #endif
+      if (!done) {
+        const int64_t n = foreground(xb, n_in, v, nz.data());
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t k = nz[i];
+          const T xv = xb[k];
+          const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out,
+                              *__restrict ck = pcT + k * n_out;
 #pragma omp simd
-        for (int64_t j = 0; j < n_out; ++j) {
-          T z = (xv - muk[j]) * isk[j];
-          a[j] += vexp(ck[j] - T(0.5) * z * z);
+          for (int64_t j = 0; j < n_out; ++j) {
+            T z = (xv - muk[j]) * isk[j];
+            a[j] += vexp(ck[j] - T(0.5) * z * z);
+          }
         }
       }
       for (int64_t j = 0; j < n_out; ++j) {
@@ -719,9 +851,9 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
 template <typename T, bool NEED_X, bool NEED_P>
 bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mu, const at::Tensor& is,
                      const at::Tensor& c, const at::Tensor& y, at::Tensor& dx, at::Tensor& dmu, at::Tensor& dsig,
-                     at::Tensor& dlw, bool simd) {
+                     at::Tensor& dlw, bool simd, T v) {
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
-  ZeroTables tab = zero_tables<T>(mu, is, c, true);
+  ZeroTables tab = zero_tables<T>(mu, is, c, true, v);
   const T *pg = g.data_ptr<T>(), *py = y.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
   // h = g exp(m - y) = g / S: G = h E for a zero input. geff, yeff: g and y of the rows handled here, else 0
   at::Tensor h = at::empty({B, n_out}, x.options()), geff = at::empty_like(h), yeff = at::empty_like(h);
@@ -750,17 +882,18 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   if (static_cast<double>(exact.size()) > 0.05 * static_cast<double>(B * n_out)) return false;
   // the AVX-512 forward computed those rows with its own instructions: its backward recomputes them alike
   if (simd && !exact.empty()) return false;
+  bool simd_done = false;
 
-  at::Tensor Z = x.eq(0).to(x.scalar_type());
+  at::Tensor Z = background_indicator<T>(x, v);
   if (NEED_P) {
-    at::Tensor H0 = at::mm(h.t(), Z);  // (n_out, n_in): sum over the rows where input k is 0
+    at::Tensor H0 = at::mm(h.t(), Z);  // (n_out, n_in): sum over the rows where input k is v
     at::mul_out(dlw, tab.E, H0);
     at::mul_out(dmu, tab.Ezs, H0);
     at::mul_out(dsig, tab.Ez2s, H0);
   }
   if (NEED_X) at::mul_out(dx, at::mm(h, tab.Ezs), Z).neg_();
 
-  // nonzero inputs: column by column (parallel over inputs k), so each thread owns its dx[:, k] and the
+  // foreground inputs: column by column (parallel over inputs k), so each thread owns its dx[:, k] and the
   // parameter gradients of its inputs, and the column's parameters and accumulators stay in L1 over the rows
   at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = c.t().contiguous();
   const T *px = x.data_ptr<T>(), *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
@@ -769,66 +902,80 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   T* pdT = NEED_P ? dT.data_ptr<T>() : nullptr;
   const int64_t P = n_out * n_in;
   const int64_t cols_per_task = 4, n_col_tasks = (n_in + cols_per_task - 1) / cols_per_task;
-  dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
-    const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
-    std::vector<T> zero(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
-    for (int64_t k = k0; k < k1; ++k) {
-      const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out, *__restrict ck = pcT + k * n_out;
-      T* __restrict amu = NEED_P ? pdT + k * n_out : zero.data();
-      T* __restrict asig = NEED_P ? pdT + P + k * n_out : zero.data() + n_out;
-      T* __restrict alw = NEED_P ? pdT + 2 * P + k * n_out : zero.data() + 2 * n_out;
-      std::fill(amu, amu + n_out, T(0));
-      std::fill(asig, asig + n_out, T(0));
-      std::fill(alw, alw + n_out, T(0));
-      for (int64_t b = 0; b < B; ++b) {
-        const T xv = px[b * n_in + k];
-        if (xv == T(0)) continue;
-        const T *__restrict gb = pge + b * n_out, *__restrict yb = pye + b * n_out;
 #ifdef __AVX512F__
-        if constexpr (std::is_same_v<T, float>) {
-          if (simd) {
-            const __m512 xvv = _mm512_set1_ps(xv), half = _mm512_set1_ps(0.5f), L = _mm512_set1_ps(kLog2e);
-            __m512 sxv = _mm512_setzero_ps();
-            for (int64_t j = 0; j < n_out; j += 16) {
-              const __mmask16 mk = j + 16 <= n_out ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_out - j);
-              const __m512 isv = _mm512_maskz_loadu_ps(mk, isk + j);
-              const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xvv, _mm512_maskz_loadu_ps(mk, muk + j)), isv);
-              const __m512 q = _mm512_fnmadd_ps(_mm512_mul_ps(z, half), z,
-                                                _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, ck + j));
-              const __m512 t = _mm512_mul_ps(_mm512_sub_ps(q, _mm512_maskz_loadu_ps(mk, yb + j)), L);
-              const __m512 G = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, gb + j), exp2_avx512(t));
-              const __m512 Gs = _mm512_mul_ps(G, isv), Gzs = _mm512_mul_ps(Gs, z);
-              sxv = _mm512_add_ps(sxv, Gzs);
-              if (NEED_P) {
-                _mm512_mask_storeu_ps(amu + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, amu + j), Gzs));
-                _mm512_mask_storeu_ps(asig + j, mk,
-                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk, asig + j), _mm512_fmsub_ps(Gzs, z, Gs)));
-                _mm512_mask_storeu_ps(alw + j, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, alw + j), G));
-              }
-            }
-            if (NEED_X) pdx[b * n_in + k] -= _mm512_reduce_add_ps(sxv);
-            continue;
-          }
-        }
-#endif
-        T sx = 0;
-#pragma omp simd reduction(+ : sx)
-        for (int64_t j = 0; j < n_out; ++j) {
-          T z = (xv - muk[j]) * isk[j];
-          T G = gb[j] * vexp(ck[j] - T(0.5) * z * z - yb[j]);
-          T Gs = G * isk[j];
-          T Gzs = Gs * z;
-          sx += Gzs;
-          if (NEED_P) {
-            amu[j] += Gzs;
-            asig[j] += Gzs * z - Gs;
-            alw[j] += G;
-          }
-        }
-        if (NEED_X) pdx[b * n_in + k] -= sx;
+  if constexpr (std::is_same_v<T, float>) {
+    if (simd) {
+      // each column's foreground rows and values, contiguous (a counting sort of the rows' foreground lists)
+      std::vector<int32_t> row_nz(B * n_in + 16), row_start(B + 1, 0), col_start(n_in + 1, 0);
+      for (int64_t b = 0; b < B; ++b) {
+        row_start[b + 1] = row_start[b] + foreground_avx512(px + b * n_in, n_in, v, row_nz.data() + row_start[b]);
       }
+      for (int64_t i = 0; i < row_start[B]; ++i) ++col_start[row_nz[i] + 1];
+      for (int64_t k = 0; k < n_in; ++k) col_start[k + 1] += col_start[k];
+      std::vector<int32_t> col_rows(row_start[B]), fill(col_start.begin(), col_start.end() - 1);
+      std::vector<float> col_vals(row_start[B]);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = row_start[b]; i < row_start[b + 1]; ++i) {
+          const int32_t k = row_nz[i], at = fill[k]++;
+          col_rows[at] = static_cast<int32_t>(b);
+          col_vals[at] = px[b * n_in + k];
+        }
+      }
+      dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
+        const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
+        std::vector<float> unused(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
+        for (int64_t k = k0; k < k1; ++k) {
+          float* amu = NEED_P ? pdT + k * n_out : unused.data();
+          float* asig = NEED_P ? pdT + P + k * n_out : unused.data() + n_out;
+          float* alw = NEED_P ? pdT + 2 * P + k * n_out : unused.data() + 2 * n_out;
+          const int64_t r0 = col_start[k], nr = col_start[k + 1] - r0;
+          for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
+            sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(
+                col_rows.data() + r0, col_vals.data() + r0, nr, pmuT + k * n_out, pisT + k * n_out, pcT + k * n_out,
+                pge, pye, n_out, j0, n_in, k, pdx, amu, asig, alw);
+          }
+        }
+      });
+      simd_done = true;
     }
-  });
+  }
+#endif
+  if (!simd_done) {
+    dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
+      const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
+      std::vector<T> unused(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
+      for (int64_t k = k0; k < k1; ++k) {
+        const T *__restrict muk = pmuT + k * n_out, *__restrict isk = pisT + k * n_out,
+                            *__restrict ck = pcT + k * n_out;
+        T* __restrict amu = NEED_P ? pdT + k * n_out : unused.data();
+        T* __restrict asig = NEED_P ? pdT + P + k * n_out : unused.data() + n_out;
+        T* __restrict alw = NEED_P ? pdT + 2 * P + k * n_out : unused.data() + 2 * n_out;
+        std::fill(amu, amu + n_out, T(0));
+        std::fill(asig, asig + n_out, T(0));
+        std::fill(alw, alw + n_out, T(0));
+        for (int64_t b = 0; b < B; ++b) {
+          const T xv = px[b * n_in + k];
+          if (xv == v) continue;
+          const T *__restrict gb = pge + b * n_out, *__restrict yb = pye + b * n_out;
+          T sx = 0;
+#pragma omp simd reduction(+ : sx)
+          for (int64_t j = 0; j < n_out; ++j) {
+            T z = (xv - muk[j]) * isk[j];
+            T G = gb[j] * vexp(ck[j] - T(0.5) * z * z - yb[j]);
+            T Gs = G * isk[j];
+            T Gzs = Gs * z;
+            sx += Gzs;
+            if (NEED_P) {
+              amu[j] += Gzs;
+              asig[j] += Gzs * z - Gs;
+              alw[j] += G;
+            }
+          }
+          if (NEED_X) pdx[b * n_in + k] -= sx;
+        }
+      }
+    });
+  }
   if (NEED_P) {
     dmu.add_(dT[0].t());
     dsig.add_(dT[1].t());
@@ -869,8 +1016,9 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
 #ifdef __AVX512F__
     simd = use_simd && std::is_same_v<scalar_t, float>;
 #endif
-    if (use_sparse && mostly_zero<scalar_t>(x)) {
-      forward_sparse<scalar_t>(x, mu, inv_sigma, c, y, simd);
+    scalar_t v;
+    if (use_sparse && background_value<scalar_t>(x, &v)) {
+      forward_sparse<scalar_t>(x, mu, inv_sigma, c, y, simd, v);
       return;
     }
 #ifdef __AVX512F__
@@ -907,7 +1055,8 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
     auto args = std::make_tuple(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(),
                                 inv_sigma.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                 ptr(dx), ptr(dmu), ptr(dsig), ptr(dlw), B, n_out, n_in);
-    const bool sparse = use_sparse && mostly_zero<scalar_t>(x);
+    scalar_t v = 0;
+    const bool sparse = use_sparse && background_value<scalar_t>(x, &v);
     bool simd = false;
 #ifdef __AVX512F__
     simd = use_simd && std::is_same_v<scalar_t, float>;
@@ -927,17 +1076,29 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
     using True = std::true_type;
     using False = std::false_type;
     if (need_x && need_params) {
-      if (sparse && backward_sparse<scalar_t, true, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      if (sparse && backward_sparse<scalar_t, true, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd, v)) return;
       dense(True{}, True{});
     } else if (need_x) {
-      if (sparse && backward_sparse<scalar_t, true, false>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      if (sparse && backward_sparse<scalar_t, true, false>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd, v)) return;
       dense(True{}, False{});
     } else {
-      if (sparse && backward_sparse<scalar_t, false, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd)) return;
+      if (sparse && backward_sparse<scalar_t, false, true>(g, x, mu, inv_sigma, c, y, dx, dmu, dsig, dlw, simd, v)) return;
       dense(False{}, True{});
     }
   });
   return {dx, dmu, dsig, dlw};
+}
+
+// The background value the zero-input path would use for x, or None when it takes the dense path.
+std::optional<double> background(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "ugmm cpu kernel: float32 or float64 only");
+  const at::Tensor xc = x.contiguous();
+  std::optional<double> out;
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "ugmm_background", [&] {
+    scalar_t v;
+    if (background_value<scalar_t>(xc, &v)) out = static_cast<double>(v);
+  });
+  return out;
 }
 
 }  // namespace
@@ -948,6 +1109,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "uGMM log-likelihood backward: (dx, dmu, dsigma, dlog_weights)", py::arg("g"),
         py::arg("x"), py::arg("mu"), py::arg("inv_sigma"), py::arg("c"), py::arg("y"), py::arg("need_x"),
         py::arg("need_params"), py::arg("use_sparse") = true, py::arg("use_simd") = true);
+  m.def("background", &background, "the zero-input path's background value of x, or None (dense path)",
+        py::arg("x"));
   m.def("bench_exp2", &bench_exp2, "time n 16-lane exp2 evaluations (microbenchmark)", py::arg("n"));
   m.def("bench_fma", &bench_fma, "time n 16-lane FMAs (microbenchmark)", py::arg("n"));
   m.attr("has_avx512") = kHaveAvx512;
