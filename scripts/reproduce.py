@@ -9,6 +9,7 @@ wall time per run, the hardware, the paper's figure and the command), which is a
     python scripts/reproduce.py --experiments paper_mnist mnist_mlp --seeds 0 1 2 3 4 --extra-overrides trainer=gpu
     python scripts/reproduce.py --quick        # a tiny budget per run: checks the pipeline, not the numbers
     python scripts/reproduce.py --render a/results.json b/results.json   # one table from earlier runs
+    python scripts/reproduce.py --compare docs/results/comparison.yaml   # uGMM-NN vs MLP rows, paired
     python scripts/reproduce.py --experiments paper_mnist --label dropout0.5 --extra-overrides model.dropout=0.5
         # an ablation row: the experiment plus overrides, tabulated under its own name
 
@@ -202,6 +203,76 @@ def render(paths: list[Path]) -> str:
     return markdown_table(aggregate(runs), " | ".join(hardware_lines), quick)
 
 
+def _stat(path: Path, label: str) -> dict:
+    """The aggregate of runs named ``label`` in the results.json at ``path``."""
+    saved = json.loads(path.read_text())
+    runs = [r for r in saved["runs"] if r["experiment"] == label]
+    if not runs:
+        names = sorted({r["experiment"] for r in saved["runs"]})
+        raise SystemExit(f"{path}: no runs named {label!r} (it has {', '.join(names)})")
+    return aggregate(runs)[label] | {"hardware": saved["hardware"]}
+
+
+def _better(a: dict | None, b: dict | None) -> int:
+    """+1 if mean a beats mean b by more than both standard deviations, -1 the other way, else 0."""
+    if not a or not b:
+        return 0
+    gap = a["mean"] - b["mean"]
+    return 0 if abs(gap) <= max(a["std"], b["std"]) else (1 if gap > 0 else -1)
+
+
+def render_comparison(manifest: Path) -> str:
+    """uGMM-NN against the MLP, one row per (data, recipe) of ``manifest`` (YAML), from recorded runs.
+
+    Each row: ``data``, ``recipe`` (Markdown), ``ugmm`` and ``mlp``, each ``{file: results.json relative
+    to the manifest, label: the runs' name in it}``. Test accuracy and ECE are mean +- sample std over
+    the seeds that finished; the better accuracy is bold where the gap exceeds both standard deviations.
+    """
+    import yaml  # hydra's own dependency
+
+    spec = yaml.safe_load(manifest.read_text())
+    header = [
+        "data",
+        "recipe: overrides of `python train.py`",
+        "seeds",
+        "uGMM-NN test acc (%)",
+        "MLP test acc (%)",
+        "uGMM-NN test ECE",
+        "MLP test ECE",
+        "train time / run, uGMM-NN / MLP (s)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    hardware, commands = [], []
+    for row in spec["rows"]:
+        stats = {m: _stat(manifest.parent / row[m]["file"], row[m]["label"]) for m in ("ugmm", "mlp")}
+        acc = {m: stats[m]["metrics"].get("test/acc") for m in stats}
+        ece = {m: stats[m]["metrics"].get("test/ece") for m in stats}
+        cell = {m: _fmt(acc[m], True) for m in stats}
+        winner = _better(acc["ugmm"], acc["mlp"])
+        if winner:
+            m = "ugmm" if winner > 0 else "mlp"
+            cell[m] = f"**{cell[m]}**"
+        seeds = {m: stats[m]["ok"] for m in stats}
+        times = " / ".join(
+            f"{stats[m]['wall_time_s']['mean']:.0f}" if stats[m].get("wall_time_s") else "-" for m in stats
+        )
+        n_seeds = str(seeds["ugmm"]) if seeds["ugmm"] == seeds["mlp"] else f"{seeds['ugmm']} / {seeds['mlp']}"
+        cells = [row["data"], row["recipe"], n_seeds, cell["ugmm"], cell["mlp"]]
+        cells += [_fmt(ece["ugmm"], False), _fmt(ece["mlp"], False), times]
+        lines.append("| " + " | ".join(cells) + " |")
+        for m in stats:
+            hardware += [stats[m]["hardware"]] if stats[m]["hardware"] not in hardware else []
+            commands.append(
+                f"- {row['data']}, {m}: `{stats[m]['command']}` (seeds {', '.join(map(str, stats[m]['seeds']))})"
+            )
+    lines += [
+        "",
+        "Mean +- sample std over seeds; bold: the better mean where the gap exceeds both standard deviations.",
+    ]
+    lines += [f"Hardware: {' | '.join(hardware)}.", "", "Commands (seed = each listed seed):", "", *commands]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), help="experiment config names")
@@ -219,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="print one table from earlier results.json files; run nothing",
     )
+    parser.add_argument(
+        "--compare", type=Path, default=None, help="print the uGMM-NN vs MLP table of a manifest (YAML); run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        print(render_comparison(args.compare), end="")
+        return 0
     if args.render:
         print(render(args.render), end="")
         return 0

@@ -103,3 +103,32 @@ def test_bad_labels_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main(argv)
     assert exit_info.value.code == 2 and "--label" in capsys.readouterr().err
+
+
+def test_compare_pairs_recorded_runs_and_bolds_a_clear_winner(tmp_path):
+    def results(name, label, accs):
+        runs = [
+            {"experiment": label, "seed": s, "status": "ok", "command": f"python train.py seed={s}",
+             "metrics": {"test/acc": a, "test/ece": 0.01}, "wall_time_s": 10.0, "elapsed_s": 12.0}
+            for s, a in enumerate(accs)
+        ]  # fmt: skip
+        (tmp_path / name).write_text(json.dumps({"hardware": "test cpu", "quick": False, "runs": runs}))
+
+    results("u.json", "u", [0.97, 0.971, 0.969])
+    results("m.json", "m", [0.98, 0.981, 0.979])
+    results("close.json", "c", [0.9705, 0.97, 0.9695])
+    (tmp_path / "cmp.yaml").write_text(
+        "rows:\n"
+        "  - {data: MNIST, recipe: clear, ugmm: {file: u.json, label: u}, mlp: {file: m.json, label: m}}\n"
+        "  - {data: MNIST, recipe: close, ugmm: {file: u.json, label: u}, mlp: {file: close.json, label: c}}\n"
+    )
+    table = reproduce.render_comparison(tmp_path / "cmp.yaml")
+    clear, close = [line for line in table.splitlines() if line.startswith("| MNIST")]
+    assert "97.00 +- 0.10" in clear and "**98.00 +- 0.10**" in clear
+    assert "**" not in close  # 0.0 gap within the spread: no winner
+    assert "Hardware: test cpu" in table
+    (tmp_path / "bad.yaml").write_text(
+        "rows:\n  - {data: X, recipe: r, ugmm: {file: u.json, label: nope}, mlp: {file: m.json, label: m}}\n"
+    )
+    with pytest.raises(SystemExit, match="no runs named 'nope'"):
+        reproduce.render_comparison(tmp_path / "bad.yaml")
