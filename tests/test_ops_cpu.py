@@ -95,6 +95,24 @@ def test_many_exact_zero_inputs(zeros, n_in, zero_path):
         assert_matches_reference([x, means, stds, log_weights], needs=needs, zero_inputs=zero_path)
 
 
+def test_zero_input_path_at_mnist_size_is_exact_and_thread_independent():
+    # a full MNIST layer (several tasks per thread, 70 neurons: a partial 64-neuron block) on 1 and 2 threads
+    x, means, stds, log_weights = make_case(256, 70, 784, zeros=0.8, drop=0.2, seed=9)
+    x = torch.where(x == 0, x, x.abs().clamp(max=1.0))
+    assert_matches_reference([x, means, stds, log_weights], needs=(True, True, True, True))
+    grad_out = torch.randn(256, 70, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(run(cpu.mixture_loglik, [x, means, stds, log_weights], grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
 def test_zero_input_path_context_manager_and_argument():
     """``zero_input_path(False)`` and ``zero_inputs=False`` select the dense kernel; the result is the same."""
     from ugmm.ops import zero_input_path

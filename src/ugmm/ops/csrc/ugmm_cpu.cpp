@@ -904,16 +904,22 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   const int64_t cols_per_task = 4, n_col_tasks = (n_in + cols_per_task - 1) / cols_per_task;
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>) {
-    if (simd) {
+    if (simd && B * n_in < std::numeric_limits<int32_t>::max()) {  // int32 positions below
       // each column's foreground rows and values, contiguous (a counting sort of the rows' foreground lists)
-      std::vector<int32_t> row_nz(B * n_in + 16), row_start(B + 1, 0), col_start(n_in + 1, 0);
+      // kept between calls (a training step reuses them): fresh pages of this size would cost page faults
+      thread_local std::vector<int32_t> row_nz, row_start, col_start, col_rows, fill;
+      thread_local std::vector<float> col_vals;
+      row_nz.resize(B * n_in + 16);
+      row_start.assign(B + 1, 0);
+      col_start.assign(n_in + 1, 0);
       for (int64_t b = 0; b < B; ++b) {
         row_start[b + 1] = row_start[b] + foreground_avx512(px + b * n_in, n_in, v, row_nz.data() + row_start[b]);
       }
       for (int64_t i = 0; i < row_start[B]; ++i) ++col_start[row_nz[i] + 1];
       for (int64_t k = 0; k < n_in; ++k) col_start[k + 1] += col_start[k];
-      std::vector<int32_t> col_rows(row_start[B]), fill(col_start.begin(), col_start.end() - 1);
-      std::vector<float> col_vals(row_start[B]);
+      col_rows.resize(row_start[B]);
+      col_vals.resize(row_start[B]);
+      fill.assign(col_start.begin(), col_start.end() - 1);
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t i = row_start[b]; i < row_start[b + 1]; ++i) {
           const int32_t k = row_nz[i], at = fill[k]++;
@@ -921,6 +927,9 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           col_vals[at] = px[b * n_in + k];
         }
       }
+      // plain pointers for the worker threads: a thread_local named inside the lambda would be the worker's own
+      const int32_t *starts = col_start.data(), *rows = col_rows.data();
+      const float* vals = col_vals.data();
       dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
         const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
         std::vector<float> unused(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
@@ -928,10 +937,10 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           float* amu = NEED_P ? pdT + k * n_out : unused.data();
           float* asig = NEED_P ? pdT + P + k * n_out : unused.data() + n_out;
           float* alw = NEED_P ? pdT + 2 * P + k * n_out : unused.data() + 2 * n_out;
-          const int64_t r0 = col_start[k], nr = col_start[k + 1] - r0;
+          const int64_t r0 = starts[k], nr = starts[k + 1] - r0;
           for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
             sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(
-                col_rows.data() + r0, col_vals.data() + r0, nr, pmuT + k * n_out, pisT + k * n_out, pcT + k * n_out,
+                rows + r0, vals + r0, nr, pmuT + k * n_out, pisT + k * n_out, pcT + k * n_out,
                 pge, pye, n_out, j0, n_in, k, pdx, amu, asig, alw);
           }
         }
