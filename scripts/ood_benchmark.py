@@ -139,7 +139,7 @@ def render(results: dict) -> str:
     shifts = sorted({s for r in runs for s in r["ood"]}, key=lambda s: (s not in OTHER.values(), s))
     lines = [
         f"In-distribution: {results['in_data']} test set; {results['epochs']} epochs per run; {results['hardware']}.",
-        f"Command: `{results['command']}`",
+        "Commands: " + "; ".join(f"`{c}`" for c in results.get("commands") or [results.get("command", "-")]),
         "",
         "| model | seeds | test acc (%) | " + " | ".join(f"{s}: best score, AUROC / AUPR" for s in shifts) + " |",
         "|---|---|---|" + "---|" * len(shifts),
@@ -181,12 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         extra.append(f"data.data_dir={args.data_dir}")
     results = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    command = "python scripts/ood_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # every command that added runs to this file, in order (a file may be filled by several invocations)
+    commands = results.get("commands") or ([results["command"]] if "command" in results else [])
     results |= {
         "in_data": args.in_data,
         "epochs": args.epochs,
         "hardware": hardware(),
-        "command": "python scripts/ood_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commands": commands + ([command] if command not in commands else []),
     }
+    results.pop("command", None)
     done = {(r["model"], r["seed"]) for r in results["runs"]}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
