@@ -132,3 +132,9 @@ def test_compare_pairs_recorded_runs_and_bolds_a_clear_winner(tmp_path):
     )
     with pytest.raises(SystemExit, match="no runs named 'nope'"):
         reproduce.render_comparison(tmp_path / "bad.yaml")
+
+
+def test_the_results_page_holds_the_comparison_as_the_recorded_runs_render_it():
+    """docs/results.md's uGMM-NN vs MLP table is exactly what --compare prints from the recorded runs."""
+    table = reproduce.render_comparison(REPO / "docs" / "results" / "comparison.yaml")
+    assert table in (REPO / "docs" / "results.md").read_text()

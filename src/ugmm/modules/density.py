@@ -27,10 +27,11 @@ class DensityModel(BaseModule):
     posterior ``p(y | x)`` used for the calibration error. :meth:`log_marginal` gives ``log p(x)``.
 
     Args: as :class:`~ugmm.modules.Classifier`; the network must be a :class:`~ugmm.nn.uGMMNet`; ``model.label_scale``
-    (default 1) scales the label's value; ``model.label_std`` (default null: the initialisation's
-    own) sets the label components' sigma, in classes, at the start of training (:meth:`set_label_std`).
+    (default 1) scales the label's value; ``model.label_std`` (the config's default 0.3; null: the
+    initialisation's own) sets the label components' sigma, in classes, at the start of training (:meth:`set_label_std`).
 
-    ``conditional_weight`` (``loss.conditional_weight``, default 0: pure likelihood, the paper's)
+    ``conditional_weight`` (``loss.conditional_weight``; here 0 by default, pure likelihood, the paper's;
+    the config's default is 1.0)
     trains the hybrid generative-discriminative objective ``-log p(x, y) - w log p(y | x)``, with
     ``p(y | x)`` the softmax of the MAP scores over the classes. Why: the network's ``p(x, y)`` is not
     normalised over the label, so likelihood alone never lowers the score of a *wrong* label; once
@@ -119,7 +120,10 @@ class DensityModel(BaseModule):
         first = self.net.layers[0]
         sigma = float(std) * self.label_scale
         if not sigma > first.std_floor:
-            raise ValueError(f"label_std * label_scale = {sigma:g} must exceed model.std_floor={first.std_floor:g}")
+            raise ValueError(
+                f"model.label_std * model.label_scale = {sigma:g} must exceed model.std_floor={first.std_floor:g}: "
+                "raise model.label_std (or set it to null: the initialisation's own)"
+            )
         excess = torch.full_like(first.raw_std[:, -1], sigma - first.std_floor)
         first.raw_std[:, -1] = first.raw_std_for(excess)  # the layer's own inverse of its parameterisation
 
