@@ -28,10 +28,11 @@ class DensityModel(BaseModule):
 
     Args: as :class:`~ugmm.modules.Classifier`; the network must be a :class:`~ugmm.nn.uGMMNet`; ``model.label_scale``
     (default 1) scales the label's value; ``model.label_std`` (the config's default 0.3; null: the
-    initialisation's own) sets the label components' sigma, in classes, at the start of training (:meth:`set_label_std`).
+    initialisation's own) sets the label components' sigma, in classes, at the start of training
+    (:meth:`set_label_std`).
 
-    ``conditional_weight`` (``loss.conditional_weight``; here 0 by default, pure likelihood, the paper's;
-    the config's default is 1.0)
+    ``conditional_weight`` (``loss.conditional_weight``; here 0 by default, pure likelihood, the
+    paper's; the config's default is 1.0)
     trains the hybrid generative-discriminative objective ``-log p(x, y) - w log p(y | x)``, with
     ``p(y | x)`` the softmax of the MAP scores over the classes. Why: the network's ``p(x, y)`` is not
     normalised over the label, so likelihood alone never lowers the score of a *wrong* label; once
