@@ -53,3 +53,14 @@ def test_conv_ugmm_learns_a_toy_task():
         loss.backward()
         opt.step()
     assert (net(x).argmax(1) == y).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("head", ["ugmm", "mlp"])
+def test_feature_norm_gives_every_image_standardised_features(head):
+    torch.manual_seed(0)
+    net = ConvNet(784, 10, head=head, channels=(4, 8), n_features=64, width=8, depth=1, feature_norm=True)
+    features = net.features(torch.rand(6, 784) * 5.0)
+    torch.testing.assert_close(features.mean(1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.var(1, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    assert not any(p.requires_grad for p in net.features.project[-1].parameters())  # no affine parameters
+    assert "normalize=True" in repr(net.features)

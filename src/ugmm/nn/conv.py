@@ -25,12 +25,20 @@ class ConvFeatures(nn.Module):
         image_shape: ``(C, H, W)`` of the input images, e.g. ``(1, 28, 28)``.
         channels: output channels of the two conv blocks.
         n_features: size of the feature vector the head reads.
+        normalize: end with a LayerNorm without affine parameters, so every image's features have mean 0
+            and variance 1: their scale stays put while the extractor learns (a uGMM head's means and
+            sigmas live in feature units).
 
-    Shape: input ``(B, C*H*W)`` or ``(B, C, H, W)``; output ``(B, n_features)``, non-negative.
+    Shape: input ``(B, C*H*W)`` or ``(B, C, H, W)``; output ``(B, n_features)``, non-negative unless
+    ``normalize``.
     """
 
     def __init__(
-        self, image_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64), n_features: int = 128
+        self,
+        image_shape: Sequence[int] = (1, 28, 28),
+        channels: Sequence[int] = (32, 64),
+        n_features: int = 128,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
@@ -50,13 +58,17 @@ class ConvFeatures(nn.Module):
             nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        self.project = nn.Sequential(nn.Linear(c2 * (h // 4) * (w // 4), self.n_features), nn.ReLU())
+        self.normalize = bool(normalize)
+        project = [nn.Linear(c2 * (h // 4) * (w // 4), self.n_features), nn.ReLU()]
+        if self.normalize:
+            project.append(nn.LayerNorm(self.n_features, elementwise_affine=False))
+        self.project = nn.Sequential(*project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.blocks(x.reshape(len(x), *self.image_shape)))
 
     def extra_repr(self) -> str:
-        return f"image_shape={self.image_shape}, n_features={self.n_features}"
+        return f"image_shape={self.image_shape}, n_features={self.n_features}, normalize={self.normalize}"
 
 
 class ConvNet(nn.Module):
@@ -67,6 +79,7 @@ class ConvNet(nn.Module):
         n_outputs: classes.
         head: ``ugmm`` (a :class:`uGMMNet` over the features) or ``mlp``.
         image_shape, channels, n_features: the feature extractor (:class:`ConvFeatures`).
+        feature_norm: :class:`ConvFeatures`' ``normalize`` (LayerNorm on the features), for either head.
         width, depth, dropout: the head's hidden sizes ``width, width/2, ...`` and dropout, as in
             :class:`uGMMNet` / :class:`MLP`; ``depth=0`` maps the features straight to the outputs.
         std_floor, std_param, backend: the uGMM head's layers (ignored by an MLP head).
@@ -83,6 +96,7 @@ class ConvNet(nn.Module):
         image_shape: Sequence[int] = (1, 28, 28),
         channels: Sequence[int] = (32, 64),
         n_features: int = 128,
+        feature_norm: bool = False,
         width: int = 64,
         depth: int = 1,
         dropout: float | Sequence[float] = 0.0,
@@ -98,7 +112,7 @@ class ConvNet(nn.Module):
             expected *= int(s)
         if int(n_inputs) != expected:
             raise ValueError(f"ConvNet: n_inputs={n_inputs} does not match image_shape {tuple(image_shape)}")
-        self.features = ConvFeatures(image_shape, channels, n_features)
+        self.features = ConvFeatures(image_shape, channels, n_features, normalize=feature_norm)
         if head == "ugmm":
             self.head = uGMMNet(
                 n_features,
