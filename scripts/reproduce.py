@@ -14,6 +14,9 @@ wall time per run, the hardware, the paper's figure and the command), which is a
         # an ablation row: the experiment plus overrides, tabulated under its own name
 
 Runs that fail are listed with the tail of their log and left out of the statistics (never hidden).
+An interrupted batch is rerun with the same command and ``--out``: a seed whose run dir holds a
+``last.ckpt`` but no ``metrics.json`` resumes from it, and the runs already recorded in that
+``results.json`` are kept.
 """
 
 from __future__ import annotations
@@ -104,13 +107,19 @@ def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     overrides = command_for(experiment, seed, extra, quick)
     cmd = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = last.is_file() and not (run_dir / "metrics.json").is_file()
+    if resumed:  # an interrupted run goes on from its last epoch instead of starting over
+        cmd.append(f"ckpt_path={last}")
     start = time.perf_counter()
-    with log_path.open("w") as log:
+    with log_path.open("a" if resumed else "w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
     elapsed = time.perf_counter() - start
     record = {"experiment": name, "config": experiment, "seed": seed, "returncode": proc.returncode}
-    record["elapsed_s"] = elapsed
+    record["elapsed_s"] = elapsed  # of this process only, when resumed
     record["command"] = "python train.py " + " ".join(overrides)
+    if resumed:
+        record["resumed_from"] = str(last)
     metrics_file = run_dir / "metrics.json"
     if proc.returncode == 0 and metrics_file.is_file():
         record.update(json.loads(metrics_file.read_text()))
@@ -118,6 +127,14 @@ def run_one(experiment: str, seed: int, extra: list[str], quick: bool, out: Path
         tail = log_path.read_text().strip().splitlines()[-5:]
         record.update({"status": "failed", "log_tail": tail, "log": str(log_path)})
     return record
+
+
+def earlier_records(results: Path, rerun: list[tuple[str, int]]) -> list[dict]:
+    """The runs an earlier invocation recorded in ``results``, minus the (name, seed) pairs run again."""
+    if not results.is_file():
+        return []
+    runs = json.loads(results.read_text())["runs"]
+    return [r for r in runs if (r["experiment"], r["seed"]) not in set(rerun)]
 
 
 def _child_env() -> dict:
@@ -315,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     hw = hardware()
-    records = []
+    records = earlier_records(
+        out / "results.json", [(args.label or e, s) for e in args.experiments for s in args.seeds]
+    )
     for exp in args.experiments:
         for seed in args.seeds:
             record = run_one(exp, seed, list(args.extra_overrides), args.quick, out, args.label)

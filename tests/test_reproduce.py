@@ -56,25 +56,19 @@ def test_failed_runs_are_counted_but_left_out_of_the_statistics():
     assert "| `paper_iris` | 2/3 | 95.00 +- 7.07 |" in table
 
 
+def test_a_rerun_keeps_the_runs_recorded_by_earlier_invocations(tmp_path):
+    results = tmp_path / "results.json"
+    assert reproduce.earlier_records(results, [("a", 0)]) == []
+    runs = [{"experiment": "a", "seed": 0}, {"experiment": "a", "seed": 1}, {"experiment": "b", "seed": 0}]
+    results.write_text(json.dumps({"runs": runs}))
+    assert reproduce.earlier_records(results, [("a", 0)]) == runs[1:]
+
+
 def test_quick_run_through_train_py(tmp_path):
     out = tmp_path / "repro"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "reproduce.py"),
-            "--experiments",
-            "paper_iris",
-            "--seeds",
-            "3",
-            "--quick",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--experiments", "paper_iris"]
+    argv += ["--seeds", "3", "--quick", "--out", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
@@ -88,6 +82,15 @@ def test_quick_run_through_train_py(tmp_path):
     assert "QUICK MODE" in table and "Hardware:" in table
     assert table in proc.stdout
     assert reproduce.render([out / "results.json"]) == table  # re-rendered from the saved runs
+
+    # a run killed after its last checkpoint: the same command goes on from it (one more epoch here)
+    (out / "runs" / "paper_iris" / "seed_3" / "metrics.json").unlink()
+    again = [*argv, "--extra-overrides", "trainer.max_epochs=2"]
+    proc = subprocess.run(again, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["status"] == "ok" and run["resumed_from"].endswith("last.ckpt")
+    assert json.loads((out / "runs" / "paper_iris" / "seed_3" / "metrics.json").read_text())["resumed_from"]
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--experiments", "nope", "--out", str(out)],
         capture_output=True,
