@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                         "model": model,
                         "seed": seed,
                         "test_acc": record["metrics"].get("test/acc"),
+                        "val_acc_best": record["metrics"].get("val/acc_best"),
+                        "overrides": record.get("overrides"),
                         "train_wall_time_s": record.get("wall_time_s"),
                         "total_time_s": time.perf_counter() - start,
                         "ood": ood,

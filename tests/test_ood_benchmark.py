@@ -1,7 +1,11 @@
 """scripts/ood_benchmark.py: the scores it collects and the tables it renders (training is the real CLI's)."""
 
+import json
+
+import pytest
 import torch
 
+from conftest import SHARED_DATA
 from ugmm_helpers import load_script
 
 bench = load_script("ood_benchmark")
@@ -51,3 +55,22 @@ def test_render_names_the_best_score_per_model_and_shift():
     assert "`ugmm0_max` 0.950 +- 0.014 / 0.900 +- 0.000" in row  # MNIST: the uGMM score wins
     assert "`max_softmax` 0.700 +- 0.000 / 0.650 +- 0.000" in row  # rotate90: the softmax wins
     assert "python scripts/ood_benchmark.py --seeds 0 1" in table
+
+
+@pytest.mark.skipif(
+    not all((SHARED_DATA / name / "raw").is_dir() for name in ("MNIST", "FashionMNIST")),
+    reason=f"real MNIST and Fashion-MNIST not found under {SHARED_DATA} (set UGMM_DATA_DIR to their parent)",
+)
+def test_quick_run_records_every_run_and_a_rerun_skips_them(tmp_path, capsys):
+    out = tmp_path / "ood.json"
+    argv = ["--quick", "--models", "ugmm", "--seeds", "0", "--epochs", "1", "--data-dir", str(SHARED_DATA)]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["model"] == "ugmm" and 0.0 <= run["val_acc_best"] <= 1.0 and 0.0 <= run["test_acc"] <= 1.0
+    assert "experiment=mnist_tuned" in run["overrides"]
+    assert {"MNIST", "rotate90", "uniform_noise"} <= run["ood"].keys()
+    assert 0.0 <= run["ood"]["MNIST"]["max_softmax"]["auroc"] <= 1.0
+    before = out.read_text()
+    assert bench.main([*argv, "--out", str(out)]) == 0  # nothing left to run: the file keeps its runs
+    assert json.loads(out.read_text())["runs"] == json.loads(before)["runs"]
+    assert "| ugmm | 1 |" in capsys.readouterr().out
