@@ -156,10 +156,11 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
             if values:
                 mean, std = mean_std(values)
                 summary["metrics"][key] = {"mean": mean, "std": std, "values": values}
-        if ok:
-            mean, std = mean_std([r["wall_time_s"] for r in ok])
+        timed = [r for r in ok if not r.get("resumed_from")]  # a resumed run timed only its last epochs
+        if timed:
+            mean, std = mean_std([r["wall_time_s"] for r in timed])
             summary["wall_time_s"] = {"mean": mean, "std": std}
-            mean, std = mean_std([r["elapsed_s"] for r in ok])
+            mean, std = mean_std([r["elapsed_s"] for r in timed])
             summary["process_time_s"] = {"mean": mean, "std": std}
         summary["config"] = runs[0].get("config", exp)
         summary["command"] = runs[0]["command"].replace(f"seed={runs[0]['seed']}", "seed=<seed>")
@@ -190,7 +191,8 @@ def markdown_table(summary: dict[str, dict], hw: str, quick: bool) -> str:
     lines.append("")
     lines.append(
         "Mean +- sample std over seeds. Train time: `train()` from config to test metrics (metrics.json's"
-        " wall_time_s); process: the whole `python train.py` subprocess, imports included."
+        " wall_time_s); process: the whole `python train.py` subprocess, imports included; runs resumed from a"
+        " checkpoint are left out of both."
     )
     lines.append(f"Hardware: {hw}.")
     if quick:
@@ -284,7 +286,8 @@ def render_comparison(manifest: Path) -> str:
             )
     lines += [
         "",
-        "Mean +- sample std over seeds; bold: the better mean where the gap exceeds both standard deviations.",
+        "Mean +- sample std over seeds; bold: the better mean where the gap exceeds both standard deviations;"
+        " train time: runs resumed from a checkpoint are left out.",
     ]
     lines += [f"Hardware: {' | '.join(hardware)}.", "", "Commands (seed = each listed seed):", "", *commands]
     return "\n".join(lines) + "\n"

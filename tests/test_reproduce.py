@@ -90,6 +90,7 @@ def test_quick_run_through_train_py(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert run["status"] == "ok" and run["resumed_from"].endswith("last.ckpt")
+    assert "wall_time_s" not in reproduce.aggregate([run])["paper_iris"]  # it timed only the last epoch
     assert json.loads((out / "runs" / "paper_iris" / "seed_3" / "metrics.json").read_text())["resumed_from"]
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--experiments", "nope", "--out", str(out)],
