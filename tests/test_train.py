@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ugmm.cli import evaluate, find_last_checkpoint, train
-from ugmm.config import ConfigError, group_options
+from ugmm.config import ConfigError, group_options, validate_train_config
 from ugmm.modules import Classifier, DensityModel
 from ugmm_helpers import make_cfg, write_fake_mnist
 
@@ -166,6 +166,19 @@ def test_classifier_hparams_are_plain():
     module = Classifier(4, 3, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler, data=cfg.data)
     assert type(module.hparams["model"]) is dict and type(module.hparams["scheduler"]["milestones"]) is list
     assert module.hparams["optimizer"]["_target_"] == "torch.optim.Adam"
+
+
+def test_head_lr_scale_gives_a_conv_head_its_own_learning_rate():
+    cfg = make_cfg(["experiment=cnn_mnist", "model.head_lr_scale=10", "optimizer.lr=1e-3", "scheduler=none"])
+    module = Classifier(784, 10, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler)
+    features, head = module.configure_optimizers().param_groups
+    assert features["lr"] == pytest.approx(1e-3) and head["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in head["params"]} == {id(p) for p in module.net.head.parameters()}
+    assert len(features["params"]) + len(head["params"]) == len(list(module.parameters()))
+    with pytest.raises(ConfigError, match="head_lr_scale applies to conv models"):
+        validate_train_config(make_cfg(["+model.head_lr_scale=2"]))
+    with pytest.raises(ConfigError, match=r"model.head_lr_scale=0 is out of range"):
+        validate_train_config(make_cfg(["experiment=cnn_mnist", "model.head_lr_scale=0"]))
 
 
 def test_default_config_builds_the_paper_network():

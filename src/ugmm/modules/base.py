@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 INITS = ("reference", "data")
 INIT_ROWS = 4096  # training rows the data initialisation looks at
 # keys of the model config the LightningModule reads; the network gets every other one
-MODULE_KEYS = ("init", "label_scale", "label_std")
+MODULE_KEYS = ("init", "label_scale", "label_std", "head_lr_scale")
 # checkpoints written before the model config had a _target_ name the network by model.net
 _LEGACY_NETS = {"ugmm": "ugmm.nn.uGMMNet", "mlp": "ugmm.nn.MLP"}
 
@@ -83,9 +83,24 @@ def build_optimizer(params, optimizer: Mapping) -> torch.optim.Optimizer:
         raise ValueError(f"optimizer={optimizer} has no _target_ (the old {{name: adam}} form is now optimizer=adam)")
     factory = instantiate({**optimizer, "_partial_": True})
     params = list(params)
-    if "fused" not in optimizer and _fusable(factory.func, params):
+    if params and isinstance(params[0], dict):  # parameter groups; "lr_scale" multiplies the config's lr
+        params = [_scaled_group(group, optimizer.get("lr")) for group in params]
+        tensors = [p for group in params for p in group["params"]]
+    else:
+        tensors = params
+    if "fused" not in optimizer and _fusable(factory.func, tensors):
         return factory(params, fused=True)
     return factory(params)
+
+
+def _scaled_group(group: dict, lr: float | None) -> dict:
+    group = dict(group)
+    scale = group.pop("lr_scale", None)
+    if scale is not None:
+        if lr is None:
+            raise ValueError("a parameter group's lr_scale needs optimizer.lr")
+        group["lr"] = float(lr) * float(scale)
+    return group
 
 
 def _fusable(optimizer_class, params: list) -> bool:
@@ -158,7 +173,7 @@ class BaseModule(LightningModule):
         self.val_acc_best.persistent(True)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.parameters(), self.hparams["optimizer"])
+        opt = build_optimizer(self.parameter_groups(), self.hparams["optimizer"])
         trainer = self._trainer
         sched = build_scheduler(
             opt,
@@ -167,6 +182,19 @@ class BaseModule(LightningModule):
             total_steps=(lambda: trainer.estimated_stepping_batches) if trainer is not None else None,
         )
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: one, or with ``model.head_lr_scale`` the network's ``head``
+        apart, its learning rate scaled (a conv model's uGMM head learns at the uGMM-NN's own pace)."""
+        scale = float(self.hparams["model"].get("head_lr_scale", 1.0))
+        if scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        head = getattr(self.net, "head", None)
+        if not isinstance(head, torch.nn.Module):
+            raise ValueError(f"model.head_lr_scale={scale} needs a network with a head (a conv model)")
+        in_head = {id(p) for p in head.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in in_head]
+        return [{"params": rest}, {"params": list(head.parameters()), "lr_scale": scale}]
 
     def net_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """What the network reads for a batch: ``(B, n_inputs)``."""
