@@ -175,8 +175,11 @@ def test_head_lr_scale_gives_a_conv_head_its_own_learning_rate():
     assert features["lr"] == pytest.approx(1e-3) and head["lr"] == pytest.approx(1e-2)
     assert {id(p) for p in head["params"]} == {id(p) for p in module.net.head.parameters()}
     assert len(features["params"]) + len(head["params"]) == len(list(module.parameters()))
-    with pytest.raises(ConfigError, match="head_lr_scale applies to conv models"):
-        validate_train_config(make_cfg(["+model.head_lr_scale=2"]))
+    # a network without a head (the MLP baseline under the conv recipe) trains at one learning rate
+    cfg = make_cfg(["experiment=cnn_mnist", "model=mlp", "scheduler=none"])
+    module = Classifier(784, 10, model=cfg.model, optimizer=cfg.optimizer, scheduler=cfg.scheduler)
+    (group,) = module.configure_optimizers().param_groups
+    assert group["lr"] == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match=r"model.head_lr_scale=0 is out of range"):
         validate_train_config(make_cfg(["experiment=cnn_mnist", "model.head_lr_scale=0"]))
 

@@ -29,7 +29,7 @@ from ugmm.data.mnist import MNIST_FAMILY, MNISTDataModule
 from ugmm.data.tabular import CATEGORICAL, IMPUTE, SPLITS, TabularDataModule, cv_problem
 from ugmm.modules.base import INITS, BaseModule, build_optimizer, build_scheduler
 from ugmm.modules.density import DensityModel
-from ugmm.nn import ConvNet, uGMMNet
+from ugmm.nn import uGMMNet
 from ugmm.nn.layer import STD_PARAMETERISATIONS
 from ugmm.ops import BACKENDS
 
@@ -320,8 +320,6 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"loss=nll needs model=ugmm (a density model over features and label), got {net.__name__}")
     if issubclass(module, DensityModel):
         check_node(cfg.loss, NLLSchema, "loss.")
-    if cfg.model.get("head_lr_scale", 1.0) != 1.0 and not issubclass(net, ConvNet):
-        raise ConfigError(f"model.head_lr_scale applies to conv models (a head on features), not {net.__name__}")
     _check_optimizer(cfg)
     check_node(cfg.monitor, RunSchema, "monitor.")
     check_node(cfg, RunSchema, "")

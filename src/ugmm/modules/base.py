@@ -190,8 +190,9 @@ class BaseModule(LightningModule):
         if scale == 1.0:
             return [{"params": list(self.parameters())}]
         head = getattr(self.net, "head", None)
-        if not isinstance(head, torch.nn.Module):
-            raise ValueError(f"model.head_lr_scale={scale} needs a network with a head (a conv model)")
+        if not isinstance(head, torch.nn.Module):  # an MLP baseline under a conv recipe: one learning rate
+            log.info("model.head_lr_scale does not apply to %s (no head): ignored", type(self.net).__name__)
+            return [{"params": list(self.parameters())}]
         in_head = {id(p) for p in head.parameters()}
         rest = [p for p in self.parameters() if id(p) not in in_head]
         return [{"params": rest}, {"params": list(head.parameters()), "lr_scale": scale}]
