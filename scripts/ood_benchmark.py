@@ -39,7 +39,8 @@ from reproduce import hardware  # noqa: E402 - the scripts folder is not a packa
 
 # model name -> train.py overrides; each pair differs only in the network (the same data, epochs from
 # --epochs, optimizer and schedule): uGMM-NN and MLP on experiment=mnist_tuned's recipe, cnn_ugmm and cnn on
-# experiment=cnn_mnist's; the density model is experiment=mnist_generative
+# the conv experiment of the in-distribution set (CONV_EXPERIMENT); the density model is
+# experiment=mnist_generative
 RECIPES = {
     "mlp": ["experiment=mnist_tuned", "model=mlp"],
     "ugmm": ["experiment=mnist_tuned"],
@@ -48,12 +49,20 @@ RECIPES = {
     "density": ["experiment=mnist_generative"],
 }
 OTHER = {"MNIST": "FashionMNIST", "FashionMNIST": "MNIST"}
+CONV_EXPERIMENT = {"MNIST": "experiment=cnn_mnist", "FashionMNIST": "experiment=cnn_fashion"}
+
+
+def recipe(model: str, in_data: str) -> list[str]:
+    """The train.py overrides of ``model`` trained on ``in_data`` (a conv model takes that set's recipe)."""
+    return [CONV_EXPERIMENT[in_data] if o == "experiment=cnn_mnist" else o for o in RECIPES[model]]
+
+
 QUICK = ["++trainer.limit_train_batches=3", "++trainer.limit_val_batches=2", "++trainer.limit_test_batches=2"]
 
 
 def train_run(model: str, in_data: str, seed: int, epochs: int, run_dir: Path, extra: list[str]) -> dict:
     """One training run through ``train.py``; returns its metrics.json (with ``wall_time_s``)."""
-    cmd = [sys.executable, str(REPO / "train.py"), *RECIPES[model], f"data.name={in_data}", f"seed={seed}"]
+    cmd = [sys.executable, str(REPO / "train.py"), *recipe(model, in_data), f"data.name={in_data}", f"seed={seed}"]
     cmd += [f"trainer.max_epochs={epochs}", "logger=none", f"hydra.run.dir={run_dir}", *extra]
     run = subprocess.run(cmd, capture_output=True, text=True)
     metrics_file = run_dir / "metrics.json"

@@ -31,6 +31,12 @@ def test_scores_of_a_ugmm_classifier_batches_like_one_pass():
         torch.testing.assert_close(batched[key], whole[key].float())
 
 
+def test_conv_models_take_the_conv_recipe_of_their_data_set():
+    assert bench.recipe("cnn", "FashionMNIST") == ["experiment=cnn_fashion", "model=cnn"]
+    assert bench.recipe("cnn_ugmm", "MNIST") == ["experiment=cnn_mnist"]
+    assert bench.recipe("ugmm", "FashionMNIST") == ["experiment=mnist_tuned"]
+
+
 def test_render_names_the_best_score_per_model_and_shift():
     def run(model, seed, acc, mnist_auroc):
         ood = {
