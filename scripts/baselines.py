@@ -124,6 +124,11 @@ def run_one(table: str, path: Path, target: str, model: str, seed: int, extra: l
     return record
 
 
+def accuracy(metrics: dict, split: str) -> float | None:
+    """``split`` accuracy of a run: ``<split>/acc``, or the mean over folds of a cross-validated run."""
+    return metrics.get(f"{split}/acc", metrics.get(f"cv/{split}_acc_mean"))
+
+
 def summarise(records: list[dict]) -> dict:
     """Per table and model: runs, successful runs, and their test and final validation accuracies."""
     out: dict[str, dict[str, dict]] = {}
@@ -133,8 +138,8 @@ def summarise(records: list[dict]) -> dict:
         if r["status"] != "ok":
             continue
         cell["ok"] += 1
-        cell["test"].append(r["metrics"].get("test/acc"))
-        cell["val"].append(r["metrics"].get("val/acc"))
+        cell["test"].append(accuracy(r["metrics"], "test"))
+        cell["val"].append(accuracy(r["metrics"], "val"))
     return out
 
 
@@ -149,6 +154,7 @@ def _cell(values: list) -> str:
 def markdown(records: list[dict], hw: str, label: str | None) -> str:
     """Test accuracy (%) per table (rows) and model (columns), validation accuracy and failures below."""
     summary = summarise(records)
+    cv = any("cv/val_acc_mean" in r.get("metrics", {}) for r in records)
     models = list(dict.fromkeys(r["model"] for r in records))
     head = ["table", *[f"{m} test acc (%)" for m in models], *[f"{m} final val acc (%)" for m in models]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -161,7 +167,10 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
     lines += [
         "",
         f"Mean +- sample std over seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation,"
-        " the same for every model); defaults only" + (f" plus `{label}`" if label else "") + ".",
+        " the same for every model); defaults only"
+        + (f" plus `{label}`" if label else "")
+        + "."
+        + (" Cross-validated runs: each seed's mean over its folds." if cv else ""),
         f"Hardware: {hw}.",
         "",
         "Commands (seed = each listed seed; `<out>/tables/`: scikit-learn's bundled tables as CSV, written by"
@@ -214,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 record = run_one(table, path, target, model, seed, args.extra_overrides, out / "runs")
                 records.append(record)
-                shown = f"test acc {100 * record['metrics']['test/acc']:.1f}%" if record["status"] == "ok" else "FAILED"
+                shown = "FAILED"
+                if record["status"] == "ok":
+                    shown = f"test acc {100 * accuracy(record['metrics'], 'test'):.1f}%"
+                    shown += f", val acc {100 * accuracy(record['metrics'], 'val'):.1f}%"
                 print(f"[{len(records)}/{total}] {table} {model} seed {seed}: {shown}", flush=True)
                 result = {"hardware": hw, "label": args.label, "extra_overrides": args.extra_overrides, "runs": records}
                 (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

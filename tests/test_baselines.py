@@ -52,6 +52,32 @@ def test_every_model_on_a_written_table_with_paired_splits(tmp_path, capsys):
     assert capsys.readouterr().out == (out / "results.md").read_text()
 
 
+def test_cross_validated_runs_are_tabulated_by_their_mean_over_folds(tmp_path, capsys):
+    table = _write_blobs(tmp_path / "blobs.csv")
+    out = tmp_path / "out"
+    overrides = ["trainer.max_epochs=60", "data.cv_folds=2"]
+    rc = baselines.main(
+        [
+            "--tables",
+            f"{table}:kind",
+            "--models",
+            "linear",
+            "--seeds",
+            "0",
+            "--extra-overrides",
+            *overrides,
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads((out / "results.json").read_text())["runs"][0]["metrics"]
+    assert metrics["cv/val_acc_mean"] >= 0.9 and "val/acc" not in metrics
+    printed = capsys.readouterr().out
+    val = 100 * metrics["cv/val_acc_mean"]
+    assert f"val acc {val:.1f}%" in printed and "each seed's mean over its folds" in printed
+
+
 def test_bundled_table_is_written_once_as_csv(tmp_path):
     pytest.importorskip("sklearn", reason="scikit-learn (a dev dependency) provides the bundled tables")
     name, path, target = baselines.resolve_table("iris", tmp_path)
