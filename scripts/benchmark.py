@@ -6,7 +6,8 @@ CUDA) and for the MLP, at the paper's MNIST size (784-128-64-10, batch 256) and 
 
 - ``forward``: inference, ``net(x)`` in eval mode under ``torch.no_grad()``;
 - ``fwd_bwd``: training mode, zero_grad + cross-entropy forward + backward;
-- ``step``: one full training step: zero_grad + forward + backward + ``Adam.step()``;
+- ``step``: one full training step: zero_grad + forward + backward + ``Adam.step()``, the optimizer built as
+  ``train.py`` builds it (fused Adam);
 - ``cpu_median_ms`` (JSON): the same medians in CPU time of the process (all threads), a check on the
   wall-clock numbers when other work competes for the cores;
 - ``peak_mb``: peak memory of the training step. CPU: the growth of the process's peak resident set
@@ -132,6 +133,17 @@ def load_batches(n_inputs: int, batch: int, n_batches: int, n_classes: int, devi
     return list(zip(xs, ys)), source
 
 
+def training_optimizer(params):
+    """Adam 1e-2 as ``train.py`` builds it (``build_optimizer``: fused where torch has it)."""
+    import torch
+
+    try:
+        from ugmm.modules.base import build_optimizer
+    except ImportError:  # an older source tree (--baseline-src) without it: what it trained with then
+        return torch.optim.Adam(params, lr=1e-2)
+    return build_optimizer(params, {"_target_": "torch.optim.Adam", "lr": 1e-2})
+
+
 def run_case(spec: dict) -> dict:
     """Time one (model, backend, size) case and measure the peak memory of its training step."""
     import torch
@@ -174,7 +186,7 @@ def run_case(spec: dict) -> dict:
         def loss_fn(x, y):
             return functional.cross_entropy(model(x), y)
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = training_optimizer(model.parameters())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     counter = {"i": 0}
 
@@ -256,6 +268,7 @@ def run_case(spec: dict) -> dict:
         "times": result,
         "memory": memory,
         "data": source,
+        "optimizer": f"{type(opt).__name__}(fused={bool(opt.defaults.get('fused'))})",
         "threads": torch.get_num_threads(),
         "loadavg_1min": [load0, os.getloadavg()[0]],
     }

@@ -25,6 +25,7 @@ def test_benchmark_quick(tmp_path):
     assert {"reference", "mlp"} <= backends
     for r in report["results"]:
         assert r["memory"]["peak_mb"] >= 0 and r["memory"]["method"]
+        assert r["optimizer"] == "Adam(fused=True)"  # the step train.py takes (build_optimizer)
         for what in ("forward", "fwd_bwd", "step"):
             t = r["times"][what]
             assert t["median_ms"] > 0 and t["min_ms"] > 0 and t["n"] == 3
