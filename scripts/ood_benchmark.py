@@ -11,18 +11,23 @@ seed=<s>``), loads the best checkpoint and scores the in-distribution test image
 Scores (higher = more in-distribution, :func:`ugmm.uncertainty.ood_scores`): ``max_softmax``,
 ``neg_entropy``, ``max_logit`` (for a uGMM output: the largest class log-density), every uGMM layer's
 largest and mean neuron log-density (``ugmm{i}_max``, ``ugmm{i}_mean``), and for the density model
-``log_px`` (``log p(x)``, the label summed out). AUROC and AUPR-In per score; mean +- std over seeds.
+``log_px`` (``log p(x)``, the label summed out); and each score's two-sided ``<score>_typical`` twin
+(:class:`ugmm.uncertainty.TypicalRange`: minus its distance from the mean over the run's own validation
+images, in their stds), which also catches outliers scored *higher* than in-distribution data. AUROC and
+AUPR-In per score; mean +- std over seeds.
 
 Every finished run is written to ``--out`` at once (a stop loses nothing; a rerun skips what is there)::
 
     python scripts/ood_benchmark.py --in-data FashionMNIST --seeds 0 1 2 --out docs/results/ood_fashion.json
     python scripts/ood_benchmark.py --render docs/results/ood_fashion.json    # the markdown tables
     python scripts/ood_benchmark.py --quick --out /tmp/ood.json                # a smoke run (tiny budget)
+    python scripts/ood_benchmark.py --models ugmm --keep-runs runs/ood ...        # keep every run's checkpoints
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -80,7 +85,8 @@ def load_module(ckpt: str):
 
 
 def image_sets(module, data_dir: str | None, n: int | None, seed: int) -> tuple[str, dict[str, torch.Tensor]]:
-    """The in-distribution test images and the shifted sets, normalised as the checkpoint's data module does."""
+    """The in-distribution test images and the shifted sets, normalised as the checkpoint's data module does,
+    and (``"reference"``) the run's own validation images: in-distribution, never trained on."""
     from ugmm.builders import build_datamodule
     from ugmm.data.mnist import load_split
     from ugmm.uncertainty import noise_images, rotate_images
@@ -103,7 +109,10 @@ def image_sets(module, data_dir: str | None, n: int | None, seed: int) -> tuple[
         "rotate90": rotate_images(pixels, 90.0),
         "uniform_noise": noise_images(pixels, kind="uniform", high=255.0, generator=gen),
     }
-    return name, {k: datamodule.transform(v.round().clamp(0, 255).to(torch.uint8)) for k, v in sets.items()}
+    sets = {k: datamodule.transform(v.round().clamp(0, 255).to(torch.uint8)) for k, v in sets.items()}
+    datamodule.setup("fit")  # the validation split of training (data.split_seed), already normalised
+    reference = datamodule.splits["val"].x
+    return name, {"reference": reference[:n] if n else reference, **sets}
 
 
 @torch.no_grad()
@@ -126,11 +135,16 @@ def scores_of(module, images: torch.Tensor, batch_size: int = 1000) -> dict[str,
 
 
 def evaluate(ckpt: str, data_dir: str | None, n: int | None, seed: int) -> dict:
-    from ugmm.uncertainty import ood_metrics
+    """AUROC/AUPR of every score per shifted set; each score's ``_typical`` twin fitted on the validation images."""
+    from ugmm.uncertainty import TypicalRange, ood_metrics
 
     module = load_module(ckpt)
     _, sets = image_sets(module, data_dir, n, seed)
-    scored = {name: scores_of(module, images) for name, images in sets.items()}
+    typical = TypicalRange.of(scores_of(module, sets.pop("reference")))
+    scored = {}
+    for name, images in sets.items():
+        plain = scores_of(module, images)
+        scored[name] = plain | typical.distances(plain)
     return {shift: ood_metrics(scored["in"], shifted) for shift, shifted in scored.items() if shift != "in"}
 
 
@@ -159,7 +173,8 @@ def render(results: dict) -> str:
         acc = _mean_std([100 * r["test_acc"] for r in mine])
         cells = []
         for shift in shifts:
-            keys = mine[0]["ood"][shift].keys()
+            # runs recorded before a score existed lack it: only the scores every run holds
+            keys = [k for k in mine[0]["ood"][shift] if all(k in r["ood"][shift] for r in mine)]
             auroc = {k: [r["ood"][shift][k]["auroc"] for r in mine] for k in keys}
             best = max(keys, key=lambda k: statistics.fmean(auroc[k]))
             aupr = [r["ood"][shift][best]["aupr"] for r in mine]
@@ -182,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("ood_results.json"))
     parser.add_argument("--quick", action="store_true", help="a tiny budget per run: checks the pipeline only")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of an earlier --out file")
+    parser.add_argument(
+        "--keep-runs", type=Path, default=None, help="train in DIR/<model>_<seed> and keep the runs (checkpoints)"
+    )
     args = parser.parse_args(argv)
     if args.render is not None:
         print(render(json.loads(args.render.read_text())))
@@ -201,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results.pop("command", None)
     done = {(r["model"], r["seed"]) for r in results["runs"]}
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep_runs or stack.enter_context(tempfile.TemporaryDirectory())
         for seed in args.seeds:
             for model in args.models:
                 if (model, seed) in done:

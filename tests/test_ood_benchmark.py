@@ -62,6 +62,13 @@ def test_render_names_the_best_score_per_model_and_shift():
     assert "`max_softmax` 0.700 +- 0.000 / 0.650 +- 0.000" in row  # rotate90: the softmax wins
     assert "python scripts/ood_benchmark.py --seeds 0 1" in table
 
+    # a run recorded before a score existed: the model's row uses only the scores all its runs hold
+    newer = run("ugmm", 2, 0.91, 0.95)
+    newer["ood"]["MNIST"]["ugmm0_max_typical"] = {"auroc": 0.99, "aupr": 0.99}
+    results["runs"].append(newer)
+    row = next(line for line in bench.render(results).splitlines() if line.startswith("| ugmm |"))
+    assert "`ugmm0_max` 0.950 +- 0.010" in row and "typical" not in row
+
 
 @pytest.mark.skipif(
     not all((SHARED_DATA / name / "raw").is_dir() for name in ("MNIST", "FashionMNIST")),
@@ -70,8 +77,11 @@ def test_render_names_the_best_score_per_model_and_shift():
 def test_quick_run_records_every_run_and_a_rerun_skips_them(tmp_path, capsys):
     out = tmp_path / "ood.json"
     argv = ["--quick", "--models", "ugmm", "--seeds", "0", "--epochs", "1", "--data-dir", str(SHARED_DATA)]
-    assert bench.main([*argv, "--out", str(out)]) == 0
+    assert bench.main([*argv, "--out", str(out), "--keep-runs", str(tmp_path / "runs")]) == 0
+    assert list((tmp_path / "runs" / "ugmm_0" / "checkpoints").glob("*.ckpt"))
     (run,) = json.loads(out.read_text())["runs"]
+    # every score has its two-sided twin, fitted on the run's validation images
+    assert {"max_softmax_typical", "ugmm0_mean_typical", "mean_logit"} <= run["ood"]["MNIST"].keys()
     assert run["model"] == "ugmm" and 0.0 <= run["val_acc_best"] <= 1.0 and 0.0 <= run["test_acc"] <= 1.0
     assert "experiment=mnist_tuned" in run["overrides"]
     assert {"MNIST", "rotate90", "uniform_noise"} <= run["ood"].keys()

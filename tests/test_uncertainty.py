@@ -150,14 +150,16 @@ def test_ood_aupr_and_scores():
     net = uGMMNet(5, 3, width=4, depth=1).eval()
     scores = ood_scores(net, x)
     assert sorted(scores) == sorted(
-        ["max_softmax", "neg_entropy", "max_logit", "ugmm0_max", "ugmm0_mean", "ugmm1_max", "ugmm1_mean"]
+        ["max_softmax", "neg_entropy", "max_logit", "mean_logit", "ugmm0_max", "ugmm0_mean", "ugmm1_max", "ugmm1_mean"]
     )
     hidden = net.layers[0](x)
     torch.testing.assert_close(scores["ugmm0_max"], hidden.amax(1))
     torch.testing.assert_close(scores["ugmm1_max"], net(x).amax(1))
     torch.testing.assert_close(scores["max_logit"], scores["ugmm1_max"])
+    torch.testing.assert_close(scores["mean_logit"], scores["ugmm1_mean"])
     assert all(s.shape == (6,) for s in scores.values())
-    assert sorted(ood_scores(MLP(5, 3, width=4, depth=1), x)) == ["max_logit", "max_softmax", "neg_entropy"]
+    mlp_scores = ["max_logit", "max_softmax", "mean_logit", "neg_entropy"]
+    assert sorted(ood_scores(MLP(5, 3, width=4, depth=1), x)) == mlp_scores
     # no hook is left behind
     assert not any(m._forward_hooks for m in net.modules())
 
@@ -185,3 +187,36 @@ def test_ood_scores_in_batches_and_ood_metrics():
     assert list(ood_metrics(whole, {"max_logit": shifted["max_logit"]})) == ["max_logit"]
     with pytest.raises(ValueError, match="no score in common"):
         ood_metrics(whole, {"log_px": shifted["max_logit"]})
+
+
+def test_typical_range_flags_outliers_on_both_sides():
+    from ugmm.nn import MLP, uGMMNet
+    from ugmm.uncertainty import fit_typical_range, ood_auroc, ood_scores
+
+    torch.manual_seed(0)
+    net = uGMMNet(8, 2, width=3, depth=1).eval()
+    with torch.no_grad():  # every first-layer component centred on 0: rows near 0 are the densest
+        net.layers[0].mean.zero_()
+    reference, inside = torch.randn(400, 8), torch.randn(300, 8)
+    typical = fit_typical_range(net, reference, batch_size=64)
+    plain = ood_scores(net, reference)
+    assert typical.mean["ugmm0_mean"] == pytest.approx(plain["ugmm0_mean"].double().mean().item(), rel=1e-5)
+    assert typical.std["ugmm0_mean"] == pytest.approx(plain["ugmm0_mean"].double().std().item(), rel=1e-5)
+
+    scores = ood_scores(net, inside, typical=typical)
+    assert set(scores) == set(plain) | {f"{key}_typical" for key in plain}
+    torch.testing.assert_close(
+        scores["max_logit_typical"],
+        -(scores["max_logit"] - typical.mean["max_logit"]).abs() / typical.std["max_logit"],
+    )
+    far, too_central = torch.randn(300, 8) + 6.0, torch.zeros(300, 8)  # less dense, and denser, than typical
+    for outliers in (far, too_central):
+        out = ood_scores(net, outliers, typical=typical, batch_size=128)
+        assert ood_auroc(scores["ugmm0_mean_typical"], out["ugmm0_mean_typical"]) > 0.9
+    # the one-sided score ranks the too-central rows as the most typical of all
+    assert ood_auroc(scores["ugmm0_mean"], ood_scores(net, too_central)["ugmm0_mean"]) < 0.1
+
+    mlp = MLP(8, 2, width=3, depth=1).eval()  # any network: its four scores get typical twins
+    assert len(ood_scores(mlp, inside, typical=fit_typical_range(mlp, reference))) == 8
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_typical_range(net, reference[:1])

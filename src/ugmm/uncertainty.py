@@ -9,7 +9,8 @@ modules and the notebooks alike.
   out-of-distribution score; :func:`ood_auroc` measures how well a score separates in-distribution
   data from a shifted set (:func:`rotate_images`, :func:`noise_images`, :func:`add_gaussian_noise`).
 - Classifier networks: :func:`ood_scores` gives every score at once (softmax, entropy, output and hidden
-  uGMM log-densities), :func:`ood_metrics` their AUROC/AUPR against a shifted set.
+  uGMM log-densities, and with a :class:`TypicalRange` from :func:`fit_typical_range` their two-sided
+  typicality), :func:`ood_metrics` their AUROC/AUPR against a shifted set.
 """
 
 from __future__ import annotations
@@ -141,24 +142,73 @@ def ood_aupr(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     return float(binary_average_precision(*_ood_labels_and_scores(scores_in, scores_out), thresholds=None))
 
 
+@dataclass(frozen=True)
+class TypicalRange:
+    """Where in-distribution data's out-of-distribution scores lie: their mean and std, per score name.
+
+    Fitted by :func:`fit_typical_range` on held-out in-distribution rows (a validation split, never
+    the test rows); ``ood_scores(..., typical=...)`` then adds, for every fitted score ``s``,
+    ``s_typical = -|s - mean| / std``: a two-sided typicality test (Nalisnick et al., 2019) that also
+    flags inputs scored *higher* than in-distribution data. A density fitted to garments can give
+    digits, with their plain black backgrounds, higher log-densities than garments, and a one-sided
+    score then ranks the outliers as the most typical.
+    """
+
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def of(cls, scores: dict[str, torch.Tensor]) -> TypicalRange:
+        """The range of in-distribution ``scores`` (name -> ``(N,)``, N >= 2; non-finite values left out)."""
+        finite = {key: value[value.isfinite()].double() for key, value in scores.items()}
+        if not any(len(v) > 1 for v in finite.values()):
+            raise ValueError("a typical range needs at least 2 in-distribution rows with finite scores")
+        kept = {key: v for key, v in finite.items() if len(v) > 1}
+        # a constant score (every row the same) would divide by zero: its typical set is then one value
+        return cls(
+            mean={key: float(v.mean()) for key, v in kept.items()},
+            std={key: max(float(v.std()), 1e-12) for key, v in kept.items()},
+        )
+
+    def distances(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``<score>_typical = -|score - mean| / std`` for every score of ``scores`` this range holds."""
+        return {
+            f"{key}_typical": -(value - self.mean[key]).abs() / self.std[key]
+            for key, value in scores.items()
+            if key in self.mean
+        }
+
+
+def fit_typical_range(net: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> TypicalRange:
+    """:class:`TypicalRange` of every :func:`ood_scores` score of ``net`` over in-distribution rows ``x`` (>= 2)."""
+    if len(x) < 2:
+        raise ValueError(f"a typical range needs at least 2 in-distribution rows, got {len(x)}")
+    return TypicalRange.of(ood_scores(net, x, batch_size=batch_size))
+
+
 @torch.no_grad()
-def ood_scores(net: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+def ood_scores(
+    net: torch.nn.Module, x: torch.Tensor, batch_size: int | None = None, typical: TypicalRange | None = None
+) -> dict[str, torch.Tensor]:
     """Every out-of-distribution score of a classifier network for a batch, each (B,), higher = more typical.
 
     - ``max_softmax``: the largest class probability; ``neg_entropy``: minus the predictive entropy;
     - ``max_logit``: the largest output; for a uGMM output layer the largest class log-density, a
-      distance-aware score (far from every class's components it falls without bound);
+      distance-aware score (far from every class's components it falls without bound); ``mean_logit``:
+      the mean output (for a uGMM output layer the same as its ``ugmm{i}_mean``);
     - for every uGMM layer i (hidden or output): ``ugmm{i}_max`` (its largest neuron log-density) and
-      ``ugmm{i}_mean`` (the mean over its neurons).
+      ``ugmm{i}_mean`` (the mean over its neurons);
+    - with ``typical`` (:func:`fit_typical_range`), ``<score>_typical`` for every score it holds: minus
+      the distance of the score from its in-distribution mean, in in-distribution stds.
 
-    Works for any network (an MLP gives the first three); uGMM layers are found by forward hooks.
-    ``batch_size``: score a large set (a whole test split) in chunks of that many rows and concatenate;
-    ``None`` scores ``x`` in one pass.
+    Works for any network (an MLP gives the first four, and their ``_typical`` twins); uGMM layers are
+    found by forward hooks. ``batch_size``: score a large set (a whole test split) in chunks of that many
+    rows and concatenate; ``None`` scores ``x`` in one pass.
     """
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        parts = [ood_scores(net, chunk) for chunk in x.split(int(batch_size))]
+        parts = [ood_scores(net, chunk, typical=typical) for chunk in x.split(int(batch_size))]
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     captured: list[torch.Tensor] = []
     hooks = [
@@ -175,10 +225,13 @@ def ood_scores(net: torch.nn.Module, x: torch.Tensor, batch_size: int | None = N
         "max_softmax": logits.softmax(dim=-1).amax(dim=-1),
         "neg_entropy": -predictive_entropy(logits),
         "max_logit": logits.amax(dim=-1),
+        "mean_logit": logits.mean(dim=-1),
     }
     for i, out in enumerate(captured):
         scores[f"ugmm{i}_max"] = out.amax(dim=-1)
         scores[f"ugmm{i}_mean"] = out.mean(dim=-1)
+    if typical is not None:
+        scores |= typical.distances(scores)
     return scores
 
 
