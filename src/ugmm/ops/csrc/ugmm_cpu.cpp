@@ -574,6 +574,123 @@ double bench_fma(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
 constexpr bool kHaveAvx512 = false;
 #endif
 
+// ---- AVX2 float forward of the dense path (CPUs without AVX-512) -----------------------------------------
+//
+// The AVX-512 forward above on 8 lanes: terms in base 2, shifted by the per-neuron bound m[j], one pass over a
+// tile of kFwdRows2 rows per neuron; 2^n built from exponent bits (t <= 0 here, so n is in [-126, 0]) in place
+// of vscalefps, and a lane mask in place of a mask register. Rows whose shifted sum underflows are recomputed
+// by the portable forward_rows, the same arithmetic as the portable backward's (exp(q - y) of a lone
+// dominant term must be exactly 1 there).
+
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+}  // namespace
+#include <immintrin.h>
+namespace {
+
+constexpr bool kHaveAvx2Forward = true;
+constexpr float kLog2e2 = 1.4426950408889634f;
+constexpr int64_t kFwdRows2 = 4;
+
+// 2^t for t <= 0: exactly 0 below -126 (and for -inf), NaN for NaN.
+inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
+  const __m256 lo = _mm256_set1_ps(-126.0f);
+  const __m256 live = _mm256_cmp_ps(t, lo, _CMP_NLT_UQ);  // all ones where t >= -126 or NaN
+  t = _mm256_max_ps(lo, t);  // the second operand is returned for NaN: NaN stays NaN
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_set1_ps(1.5337577497120947e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3399859890341759e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618519805371761e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550329014658928e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022646248340607e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471824645996e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  // 2^n as a float: biased exponent n + 127 in bits 23..30 (n >= -126 after the clamp; NaN lanes stay NaN via p)
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+}
+
+inline float reduce_add_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// shifted sums of rows [b0, b0 + NR) of neuron j: out[r] = sum_k 2^(C[k] - ((x[b,k] - mu[k]) a[k])^2)
+template <int NR>
+inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu, const float* __restrict a,
+                          const float* __restrict C, int64_t b0, int64_t n_in, float* out) {
+  __m256 acc[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n_in; k += 8) {
+    const __m256 muv = _mm256_loadu_ps(mu + k), av = _mm256_loadu_ps(a + k), cv = _mm256_loadu_ps(C + k);
+    for (int r = 0; r < NR; ++r) {
+      const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + (b0 + r) * n_in + k), muv), av);
+      acc[r] = _mm256_add_ps(acc[r], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  if (k < n_in) {  // the last n_in - k < 8 inputs: masked loads read 0, and C = -inf drops the other lanes
+    const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n_in - k)),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 muv = _mm256_maskload_ps(mu + k, mk), av = _mm256_maskload_ps(a + k, mk);
+    const __m256 cv = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(C + k, mk), _mm256_castsi256_ps(mk));
+    for (int r = 0; r < NR; ++r) {
+      const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + (b0 + r) * n_in + k, mk), muv), av);
+      acc[r] = _mm256_add_ps(acc[r], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = reduce_add_avx2(acc[r]);
+}
+
+void forward_dense_avx2(const float* x, const float* mu, const float* is, const float* c, float* y, int64_t B,
+                        int64_t n_out, int64_t n_in) {
+  std::vector<float> m(n_out), a(n_out * n_in), C(n_out * n_in);
+  const float half_l = std::sqrt(0.5f * kLog2e2);
+  at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* cj = c + j * n_in;
+      float mx = neg_inf<float>();
+      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
+      const float mj = mx > neg_inf<float>() ? mx : 0.0f;  // a neuron with every component dropped: 0
+      m[j] = mj;
+      for (int64_t k = 0; k < n_in; ++k) {
+        a[j * n_in + k] = is[j * n_in + k] * half_l;
+        C[j * n_in + k] = (cj[k] - mj) * kLog2e2;
+      }
+    }
+  });
+  const int64_t n_bt = (B + kFwdRows2 - 1) / kFwdRows2, n_tiles = n_out * n_bt;
+  const int64_t per_task = grain(kFwdRows2 * n_in), n_tasks = (n_tiles + per_task - 1) / per_task;
+  dynamic_for(n_tasks, 2, [&](int64_t task) {
+    float s[kFwdRows2];
+    std::vector<float> q;  // scratch of the exact rows, sized only if one is needed
+    for (int64_t t = task * per_task; t < std::min(n_tiles, (task + 1) * per_task); ++t) {
+      const int64_t j = t / n_bt, b0 = (t % n_bt) * kFwdRows2, nr = std::min(kFwdRows2, B - b0);
+      const float *muj = mu + j * n_in, *aj = a.data() + j * n_in, *Cj = C.data() + j * n_in;
+      switch (nr) {
+        case 4: fwd_tile_avx2<4>(x, muj, aj, Cj, b0, n_in, s); break;
+        case 3: fwd_tile_avx2<3>(x, muj, aj, Cj, b0, n_in, s); break;
+        case 2: fwd_tile_avx2<2>(x, muj, aj, Cj, b0, n_in, s); break;
+        default: fwd_tile_avx2<1>(x, muj, aj, Cj, b0, n_in, s); break;
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const float ls = std::log(s[r]);  // -inf for an empty sum, NaN for NaN inputs
+        if (ls >= kLogMin<float> || std::isnan(ls)) {
+          y[(b0 + r) * n_out + j] = m[j] + ls;
+        } else {  // underflowed (or every component dropped): exactly, with the true max
+          q.resize(n_in);
+          forward_rows(x, muj, is + j * n_in, c + j * n_in, y, q.data(), b0 + r, b0 + r + 1, j, n_out, n_in);
+        }
+      }
+    }
+  });
+}
+#else
+constexpr bool kHaveAvx2Forward = false;
+#endif
+
 // ---- inputs that are exactly 0 (sparse-constant inputs) ---------------------------------------------------
 
 
@@ -1039,6 +1156,15 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
       }
     }
 #endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_simd) {
+        forward_dense_avx2(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
+                           c.data_ptr<float>(), y.data_ptr<float>(), B, n_out, n_in);
+        return;
+      }
+    }
+#endif
     forward_dense<scalar_t>(x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), inv_sigma.data_ptr<scalar_t>(),
                             c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, n_out, n_in);
   });
@@ -1123,4 +1249,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bench_exp2", &bench_exp2, "time n 16-lane exp2 evaluations (microbenchmark)", py::arg("n"));
   m.def("bench_fma", &bench_fma, "time n 16-lane FMAs (microbenchmark)", py::arg("n"));
   m.attr("has_avx512") = kHaveAvx512;
+  m.attr("has_avx2_forward") = kHaveAvx2Forward;
 }
