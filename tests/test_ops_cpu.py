@@ -373,3 +373,21 @@ def test_dense_kernel_against_float64_reference():
     for got, want in zip(grads, grads64):
         scale = want.abs().max().item()
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("n_in", [5, 8, 45, 301])
+def test_vectorised_dense_forward_matches_the_portable_one(n_in):
+    """The SIMD dense forward (AVX-512 or AVX2, whichever this CPU built) against the portable loop, on the same
+    tables: 1e-5 relative, -inf rows and the exact fallback for rows far below the neuron's bound included."""
+    ext = cpu._extension()
+    x, means, stds, log_weights = make_case(23, 9, n_in, sigma=(1e-3, 1e2), drop=0.5, seed=n_in)
+    log_weights[4] = float("-inf")  # a dead neuron: -inf on every row
+    x[3] += 1e3  # far from every mean: the shifted sum underflows, the row is recomputed exactly
+    inv_sigma, c = cpu._derived(stds, log_weights)
+    vectorised = ext.forward(x, means, inv_sigma, c, False)
+    portable = ext.forward(x, means, inv_sigma, c, False, False)
+    assert torch.isneginf(vectorised[:, 4]).all() and torch.isneginf(portable[:, 4]).all()
+    alive = torch.arange(9) != 4
+    assert torch.isfinite(vectorised[:, alive]).all()
+    torch.testing.assert_close(vectorised[:, alive], portable[:, alive], rtol=1e-5, atol=1e-5)
+    assert ext.has_avx512 or ext.has_avx2_forward or torch.equal(vectorised, portable)
