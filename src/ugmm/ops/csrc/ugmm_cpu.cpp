@@ -244,6 +244,68 @@ constexpr T kLogMin = T(-46);  // float: e^-46 ~ 1e-20, terms 1e-18 below the la
 template <>
 constexpr double kLogMin<double> = -460.0;  // ~1e-200
 
+// ---- the frame of the vectorised dense forwards (AVX-512 and AVX2 below) ---------------------------------
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kFwdRows = 4;  // rows per tile: the neuron's parameters are loaded once per vector for all
+
+// The per-neuron bound m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and the base-2
+// tables of the one-pass forward: a = inv_sigma sqrt(log2(e) / 2), C = (c - m[j]) log2(e).
+struct Base2Tables {
+  std::vector<float> m, a, C;
+};
+
+inline Base2Tables base2_tables(const float* is, const float* c, int64_t n_out, int64_t n_in) {
+  Base2Tables t{std::vector<float>(n_out), std::vector<float>(n_out * n_in), std::vector<float>(n_out * n_in)};
+  const float half_l = std::sqrt(0.5f * kLog2e);
+  at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* cj = c + j * n_in;
+      float mx = neg_inf<float>();
+      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
+      const float mj = mx > neg_inf<float>() ? mx : 0.0f;
+      t.m[j] = mj;
+      for (int64_t k = 0; k < n_in; ++k) {
+        t.a[j * n_in + k] = is[j * n_in + k] * half_l;
+        t.C[j * n_in + k] = (cj[k] - mj) * kLog2e;
+      }
+    }
+  });
+  return t;
+}
+
+// Tiles of one neuron x kFwdRows rows, handed out dynamically: tile(j, b0, rows, s), rows a
+// std::integral_constant (the tile's row count as a template argument), writes the shifted sums
+// s[r] = sum_k 2^(C[j,k] - zz^2) of rows b0 + r, and y = m[j] + log s; a row whose sum underflows (or is
+// empty: every component dropped) is left to exact(b, j), which writes y[b, j] with the true max.
+template <typename Tile, typename Exact>
+void forward_dense_base2(const Base2Tables& t, float* y, int64_t B, int64_t n_out, int64_t n_in, const Tile& tile,
+                         const Exact& exact) {
+  const int64_t n_bt = (B + kFwdRows - 1) / kFwdRows, n_tiles = n_out * n_bt;
+  const int64_t per_task = grain(kFwdRows * n_in), n_tasks = (n_tiles + per_task - 1) / per_task;
+  dynamic_for(n_tasks, 2, [&](int64_t task) {
+    float s[kFwdRows];
+    for (int64_t i = task * per_task; i < std::min(n_tiles, (task + 1) * per_task); ++i) {
+      const int64_t j = i / n_bt, b0 = (i % n_bt) * kFwdRows, nr = std::min(kFwdRows, B - b0);
+      static_assert(kFwdRows == 4, "one case per tile height");
+      switch (nr) {
+        case 4: tile(j, b0, std::integral_constant<int, 4>{}, s); break;
+        case 3: tile(j, b0, std::integral_constant<int, 3>{}, s); break;
+        case 2: tile(j, b0, std::integral_constant<int, 2>{}, s); break;
+        default: tile(j, b0, std::integral_constant<int, 1>{}, s); break;
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const float ls = std::log(s[r]);  // -inf for an empty sum, NaN for NaN inputs
+        if (ls >= kLogMin<float> || std::isnan(ls)) {
+          y[(b0 + r) * n_out + j] = t.m[j] + ls;
+        } else {
+          exact(b0 + r, j);
+        }
+      }
+    }
+  });
+}
+
 // ---- AVX-512 float kernels of the dense path -------------------------------------------------------------
 //
 // Work in base 2: with L = log2(e), a = inv_sigma sqrt(L / 2) and zz = (x - mu) a, the exponent of a term is
@@ -270,8 +332,6 @@ constexpr double kLogMin<double> = -460.0;  // ~1e-200
 #include <immintrin.h>
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 // 2^t, exactly 0 below -126 (and for -inf), NaN for NaN.
 inline __attribute__((always_inline)) __m512 exp2_avx512(__m512 t) {
   const __m512 lo = _mm512_set1_ps(-126.0f);
@@ -290,8 +350,6 @@ inline __attribute__((always_inline)) __m512 exp2_avx512(__m512 t) {
 }
 
 inline __mmask16 tail_mask(int64_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
-
-constexpr int64_t kFwdRows = 4;
 
 // shifted sums of rows [b0, b0 + NR) of neuron j: out[r] = sum_k 2^(C[k] - ((x[b,k] - mu[k]) a[k])^2)
 template <int NR>
@@ -353,45 +411,14 @@ float forward_row_exact_avx512(const float* __restrict xb, const float* __restri
 
 void forward_dense_avx512(const float* x, const float* mu, const float* is, const float* c, float* y, int64_t B,
                           int64_t n_out, int64_t n_in) {
-  // per-neuron shift and the base-2 tables
-  std::vector<float> m(n_out), a(n_out * n_in), C(n_out * n_in);
-  const float half_l = std::sqrt(0.5f * kLog2e);
-  at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const float* cj = c + j * n_in;
-      float mx = neg_inf<float>();
-      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
-      const float mj = mx > neg_inf<float>() ? mx : 0.0f;  // a neuron with every component dropped: 0
-      m[j] = mj;
-      for (int64_t k = 0; k < n_in; ++k) {
-        a[j * n_in + k] = is[j * n_in + k] * half_l;
-        C[j * n_in + k] = (cj[k] - mj) * kLog2e;
-      }
-    }
-  });
-  const int64_t n_bt = (B + kFwdRows - 1) / kFwdRows, n_tiles = n_out * n_bt;
-  const int64_t per_task = grain(kFwdRows * n_in), n_tasks = (n_tiles + per_task - 1) / per_task;
-  dynamic_for(n_tasks, 2, [&](int64_t task) {
-    float s[kFwdRows];
-    for (int64_t t = task * per_task; t < std::min(n_tiles, (task + 1) * per_task); ++t) {
-      const int64_t j = t / n_bt, b0 = (t % n_bt) * kFwdRows, nr = std::min(kFwdRows, B - b0);
-      const float *muj = mu + j * n_in, *aj = a.data() + j * n_in, *Cj = C.data() + j * n_in;
-      switch (nr) {
-        case 4: fwd_tile<4>(x, muj, aj, Cj, b0, n_in, s); break;
-        case 3: fwd_tile<3>(x, muj, aj, Cj, b0, n_in, s); break;
-        case 2: fwd_tile<2>(x, muj, aj, Cj, b0, n_in, s); break;
-        default: fwd_tile<1>(x, muj, aj, Cj, b0, n_in, s); break;
-      }
-      for (int64_t r = 0; r < nr; ++r) {
-        const float ls = std::log(s[r]);  // -inf for an empty sum, NaN for NaN inputs
-        if (ls >= kLogMin<float> || std::isnan(ls)) {
-          y[(b0 + r) * n_out + j] = m[j] + ls;
-        } else {  // underflowed (or every component dropped): exactly, with the true max
-          y[(b0 + r) * n_out + j] = forward_row_exact_avx512(x + (b0 + r) * n_in, muj, is + j * n_in, c + j * n_in, n_in);
-        }
-      }
-    }
-  });
+  const Base2Tables t = base2_tables(is, c, n_out, n_in);
+  const auto tile = [&](int64_t j, int64_t b0, auto rows, float* s) {
+    fwd_tile<decltype(rows)::value>(x, mu + j * n_in, t.a.data() + j * n_in, t.C.data() + j * n_in, b0, n_in, s);
+  };
+  const auto exact = [&](int64_t b, int64_t j) {
+    y[b * n_out + j] = forward_row_exact_avx512(x + b * n_in, mu + j * n_in, is + j * n_in, c + j * n_in, n_in);
+  };
+  forward_dense_base2(t, y, B, n_out, n_in, tile, exact);
 }
 
 constexpr int64_t kBwdRows = 4, kBwdNeurons = 2;
@@ -576,8 +603,8 @@ constexpr bool kHaveAvx512 = false;
 
 // ---- AVX2 float forward of the dense path (CPUs without AVX-512) -----------------------------------------
 //
-// The AVX-512 forward above on 8 lanes: terms in base 2, shifted by the per-neuron bound m[j], one pass over a
-// tile of kFwdRows2 rows per neuron; 2^n built from exponent bits (t <= 0 here, so n is in [-126, 0]) in place
+// The AVX-512 forward above on 8 lanes, in the same frame (forward_dense_base2): terms in base 2, shifted by
+// the per-neuron bound m[j], one pass over a tile of kFwdRows rows per neuron; 2^n built from exponent bits (t <= 0 here, so n is in [-126, 0]) in place
 // of vscalefps, and a lane mask in place of a mask register. Rows whose shifted sum underflows are recomputed
 // by the portable forward_rows, the same arithmetic as the portable backward's (exp(q - y) of a lone
 // dominant term must be exactly 1 there).
@@ -588,8 +615,6 @@ constexpr bool kHaveAvx512 = false;
 namespace {
 
 constexpr bool kHaveAvx2Forward = true;
-constexpr float kLog2e2 = 1.4426950408889634f;
-constexpr int64_t kFwdRows2 = 4;
 
 // 2^t for t <= 0: exactly 0 below -126 (and for -inf), NaN for NaN.
 inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
@@ -646,46 +671,16 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
 
 void forward_dense_avx2(const float* x, const float* mu, const float* is, const float* c, float* y, int64_t B,
                         int64_t n_out, int64_t n_in) {
-  std::vector<float> m(n_out), a(n_out * n_in), C(n_out * n_in);
-  const float half_l = std::sqrt(0.5f * kLog2e2);
-  at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const float* cj = c + j * n_in;
-      float mx = neg_inf<float>();
-      for (int64_t k = 0; k < n_in; ++k) mx = cj[k] > mx ? cj[k] : mx;
-      const float mj = mx > neg_inf<float>() ? mx : 0.0f;  // a neuron with every component dropped: 0
-      m[j] = mj;
-      for (int64_t k = 0; k < n_in; ++k) {
-        a[j * n_in + k] = is[j * n_in + k] * half_l;
-        C[j * n_in + k] = (cj[k] - mj) * kLog2e2;
-      }
-    }
-  });
-  const int64_t n_bt = (B + kFwdRows2 - 1) / kFwdRows2, n_tiles = n_out * n_bt;
-  const int64_t per_task = grain(kFwdRows2 * n_in), n_tasks = (n_tiles + per_task - 1) / per_task;
-  dynamic_for(n_tasks, 2, [&](int64_t task) {
-    float s[kFwdRows2];
-    std::vector<float> q;  // scratch of the exact rows, sized only if one is needed
-    for (int64_t t = task * per_task; t < std::min(n_tiles, (task + 1) * per_task); ++t) {
-      const int64_t j = t / n_bt, b0 = (t % n_bt) * kFwdRows2, nr = std::min(kFwdRows2, B - b0);
-      const float *muj = mu + j * n_in, *aj = a.data() + j * n_in, *Cj = C.data() + j * n_in;
-      switch (nr) {
-        case 4: fwd_tile_avx2<4>(x, muj, aj, Cj, b0, n_in, s); break;
-        case 3: fwd_tile_avx2<3>(x, muj, aj, Cj, b0, n_in, s); break;
-        case 2: fwd_tile_avx2<2>(x, muj, aj, Cj, b0, n_in, s); break;
-        default: fwd_tile_avx2<1>(x, muj, aj, Cj, b0, n_in, s); break;
-      }
-      for (int64_t r = 0; r < nr; ++r) {
-        const float ls = std::log(s[r]);  // -inf for an empty sum, NaN for NaN inputs
-        if (ls >= kLogMin<float> || std::isnan(ls)) {
-          y[(b0 + r) * n_out + j] = m[j] + ls;
-        } else {  // underflowed (or every component dropped): exactly, with the true max
-          q.resize(n_in);
-          forward_rows(x, muj, is + j * n_in, c + j * n_in, y, q.data(), b0 + r, b0 + r + 1, j, n_out, n_in);
-        }
-      }
-    }
-  });
+  const Base2Tables t = base2_tables(is, c, n_out, n_in);
+  const auto tile = [&](int64_t j, int64_t b0, auto rows, float* s) {
+    fwd_tile_avx2<decltype(rows)::value>(x, mu + j * n_in, t.a.data() + j * n_in, t.C.data() + j * n_in, b0, n_in, s);
+  };
+  const auto exact = [&](int64_t b, int64_t j) {
+    thread_local std::vector<float> q;  // forward_rows' scratch row, reused across calls
+    q.resize(n_in);
+    forward_rows(x, mu + j * n_in, is + j * n_in, c + j * n_in, y, q.data(), b, b + 1, j, n_out, n_in);
+  };
+  forward_dense_base2(t, y, B, n_out, n_in, tile, exact);
 }
 #else
 constexpr bool kHaveAvx2Forward = false;
