@@ -306,6 +306,93 @@ void forward_dense_base2(const Base2Tables& t, float* y, int64_t B, int64_t n_ou
   });
 }
 
+// The frame of the vectorised dense backwards: tiles of kBwdRows live rows x NN neurons, rows in a fixed
+// number of blocks (two per thread, at least kMinTermsPerTask terms each) handed out dynamically; each block
+// owns its dx rows and its parameter sums P = (sum G z, sum G z^2, sum G), added up in block order at the end:
+// deterministic whichever thread ran which block. tile(rows, mu, is, c, row_ids, gl, yl, P, j0, n_pad), rows a
+// std::integral_constant (the tile's row count), adds the terms of rows row_ids[0..rows) x neurons j0..j0+NN
+// (gl / yl: g and y of each pair, 0 and 0 for a dead one) to dx and P. An n_out that is not a multiple of NN
+// is padded with neurons of c = -inf and g = 0 (no contribution).
+constexpr int64_t kBwdRows = 4;
+constexpr int kBwdNeurons = 2;  // neurons per tile in both vectorised backwards
+
+template <int NN, bool NEED_P, typename Tile>
+void backward_dense_tiles(const float* g, const float* mu, const float* is, const float* c, const float* y,
+                          float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out, int64_t n_in,
+                          const Tile& tile) {
+  const int64_t n_pad = (n_out + NN - 1) / NN * NN, PN = n_pad * n_in;
+  std::vector<float> pad;
+  const float *mup = mu, *isp = is, *cp = c;
+  if (n_pad != n_out) {
+    pad.assign(3 * PN, 0.0f);
+    std::copy(mu, mu + n_out * n_in, pad.begin());
+    std::copy(is, is + n_out * n_in, pad.begin() + PN);
+    std::copy(c, c + n_out * n_in, pad.begin() + 2 * PN);
+    std::fill(pad.begin() + 2 * PN + n_out * n_in, pad.end(), neg_inf<float>());
+    mup = pad.data();
+    isp = pad.data() + PN;
+    cp = pad.data() + 2 * PN;
+  }
+  const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t n_rt = (B + kBwdRows - 1) / kBwdRows;
+  const int64_t n_blocks = std::max<int64_t>(
+      1, std::min<int64_t>(2 * n_threads, n_rt / std::max<int64_t>(1, grain(kBwdRows * n_out * n_in))));
+  std::unique_ptr<float[]> P(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
+  dynamic_for(n_blocks, 1, [&](int64_t blk) {
+    const int64_t rt0 = n_rt * blk / n_blocks, rt1 = n_rt * (blk + 1) / n_blocks;
+    float* Pt = NEED_P ? P.get() + blk * 3 * PN : nullptr;
+    if (NEED_P) std::fill(Pt, Pt + 3 * PN, 0.0f);
+    const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
+    int64_t rows[kBwdRows];
+    float gl[kBwdRows][NN], yl[kBwdRows][NN];
+    for (int64_t j0 = 0; j0 < n_pad; j0 += NN) {
+      int64_t nr = 0;
+      auto flush = [&]() {
+        static_assert(kBwdRows == 4, "one case per tile height");
+        switch (nr) {
+          case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
+          case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
+          case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
+          case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
+          default: break;
+        }
+        nr = 0;
+      };
+      for (int64_t b = b_lo; b < b_hi; ++b) {
+        bool any = false;
+        for (int64_t i = 0; i < NN; ++i) {
+          const int64_t j = j0 + i;
+          const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
+          const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
+          gl[nr][i] = live ? gg : 0.0f;
+          yl[nr][i] = live ? yy : 0.0f;
+          any = any || live;
+        }
+        if (!any) continue;  // nothing to add for these neurons
+        rows[nr++] = b;
+        if (nr == kBwdRows) flush();
+      }
+      flush();
+    }
+  });
+  if (NEED_P) {
+    at::parallel_for(0, n_out * n_in, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float s1 = 0, s2 = 0, s0 = 0;
+        for (int64_t t = 0; t < n_blocks; ++t) {
+          const float* Pt = P.get() + t * 3 * PN;
+          s1 += Pt[i];
+          s2 += Pt[PN + i];
+          s0 += Pt[2 * PN + i];
+        }
+        dmu[i] = is[i] * s1;
+        dsig[i] = is[i] * (s2 - s0);
+        dlw[i] = s0;
+      }
+    });
+  }
+}
+
 // ---- AVX-512 float kernels of the dense path -------------------------------------------------------------
 //
 // Work in base 2: with L = log2(e), a = inv_sigma sqrt(L / 2) and zz = (x - mu) a, the exponent of a term is
@@ -421,8 +508,6 @@ void forward_dense_avx512(const float* x, const float* mu, const float* is, cons
   forward_dense_base2(t, y, B, n_out, n_in, tile, exact);
 }
 
-constexpr int64_t kBwdRows = 4, kBwdNeurons = 2;
-
 // rows rows[0..NR) x neurons j0, j0 + 1; gl / yl: g and y of each (row, neuron), 0 and 0 for a dead pair.
 // P: the three parameter sums of this thread, sum G z, sum G z^2 and sum G.
 template <int NR, bool NEED_X, bool NEED_P>
@@ -479,80 +564,12 @@ template <bool NEED_X, bool NEED_P>
 void backward_dense_avx512(const float* g, const float* x, const float* mu, const float* is, const float* c,
                            const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
                            int64_t n_in) {
-  // an odd neuron count is padded by one neuron with c = -inf and g = 0 (no contribution)
-  const int64_t n_pad = (n_out + kBwdNeurons - 1) / kBwdNeurons * kBwdNeurons, PN = n_pad * n_in;
-  std::vector<float> pad;
-  const float *mup = mu, *isp = is, *cp = c;
-  if (n_pad != n_out) {
-    pad.assign(3 * PN, 0.0f);
-    std::copy(mu, mu + n_out * n_in, pad.begin());
-    std::copy(is, is + n_out * n_in, pad.begin() + PN);
-    std::copy(c, c + n_out * n_in, pad.begin() + 2 * PN);
-    std::fill(pad.begin() + 2 * PN + n_out * n_in, pad.end(), neg_inf<float>());
-    mup = pad.data();
-    isp = pad.data() + PN;
-    cp = pad.data() + 2 * PN;
-  }
-  // rows in a fixed number of blocks (two per thread, at least kMinTermsPerTask terms each), handed out
-  // dynamically; each block owns its dx rows and its parameter sums, added up in block order at the end:
-  // deterministic whichever thread ran which block
-  const int64_t n_threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t n_rt = (B + kBwdRows - 1) / kBwdRows;
-  const int64_t n_blocks = std::max<int64_t>(
-      1, std::min<int64_t>(2 * n_threads, n_rt / std::max<int64_t>(1, grain(kBwdRows * n_out * n_in))));
-  std::unique_ptr<float[]> P(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
-  dynamic_for(n_blocks, 1, [&](int64_t blk) {
-    const int64_t rt0 = n_rt * blk / n_blocks, rt1 = n_rt * (blk + 1) / n_blocks;
-    float* Pt = NEED_P ? P.get() + blk * 3 * PN : nullptr;
-    if (NEED_P) std::fill(Pt, Pt + 3 * PN, 0.0f);
-    const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
-    int64_t rows[kBwdRows];
-    float gl[kBwdRows][kBwdNeurons], yl[kBwdRows][kBwdNeurons];
-    for (int64_t j0 = 0; j0 < n_pad; j0 += kBwdNeurons) {
-      int64_t nr = 0;
-      auto flush = [&]() {
-        switch (nr) {
-          case 4: bwd_tile<4, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
-          case 3: bwd_tile<3, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
-          case 2: bwd_tile<2, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
-          case 1: bwd_tile<1, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, Pt, j0, n_pad, n_in); break;
-          default: break;
-        }
-        nr = 0;
-      };
-      for (int64_t b = b_lo; b < b_hi; ++b) {
-        bool any = false;
-        for (int64_t i = 0; i < kBwdNeurons; ++i) {
-          const int64_t j = j0 + i;
-          const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
-          const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
-          gl[nr][i] = live ? gg : 0.0f;
-          yl[nr][i] = live ? yy : 0.0f;
-          any = any || live;
-        }
-        if (!any) continue;  // nothing to add for these neurons
-        rows[nr++] = b;
-        if (nr == kBwdRows) flush();
-      }
-      flush();
-    }
-  });
-  if (NEED_P) {
-    at::parallel_for(0, n_out * n_in, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        float s1 = 0, s2 = 0, s0 = 0;
-        for (int64_t t = 0; t < n_blocks; ++t) {
-          const float* Pt = P.get() + t * 3 * PN;
-          s1 += Pt[i];
-          s2 += Pt[PN + i];
-          s0 += Pt[2 * PN + i];
-        }
-        dmu[i] = is[i] * s1;
-        dsig[i] = is[i] * (s2 - s0);
-        dlw[i] = s0;
-      }
-    });
-  }
+  const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
+                        const float (*gl)[kBwdNeurons], const float (*yl)[kBwdNeurons], float* P, int64_t j0,
+                        int64_t n_pad) {
+    bwd_tile<decltype(rows_c)::value, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad, n_in);
+  };
+  backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
 
 // microbenchmarks of the limit (scripts/limit.py): n vectors of 16 lanes through the kernel's exp2, and
@@ -601,20 +618,19 @@ double bench_fma(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
 constexpr bool kHaveAvx512 = false;
 #endif
 
-// ---- AVX2 float forward of the dense path (CPUs without AVX-512) -----------------------------------------
+// ---- AVX2 float kernels of the dense path (CPUs without AVX-512) -----------------------------------------
 //
-// The AVX-512 forward above on 8 lanes, in the same frame (forward_dense_base2): terms in base 2, shifted by
-// the per-neuron bound m[j], one pass over a tile of kFwdRows rows per neuron; 2^n built from exponent bits (t <= 0 here, so n is in [-126, 0]) in place
-// of vscalefps, and a lane mask in place of a mask register. Rows whose shifted sum underflows are recomputed
-// by the portable forward_rows, the same arithmetic as the portable backward's (exp(q - y) of a lone
-// dominant term must be exactly 1 there).
+// The AVX-512 kernels above on 8 lanes, in the same frames (forward_dense_base2, backward_dense_tiles): 2^n
+// built from exponent bits in place of vscalefps (n in [-126, 1]: the exponents here are at most ~0), and
+// lane masks in place of mask registers. The exact forward rows and the backward compute q by the same
+// instructions (q_avx2), so exp(q - y) of a row's lone dominant term is exactly 1 in the backward.
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 }  // namespace
 #include <immintrin.h>
 namespace {
 
-constexpr bool kHaveAvx2Forward = true;
+constexpr bool kHaveAvx2 = true;
 
 // 2^t for t <= 0: exactly 0 below -126 (and for -inf), NaN for NaN.
 inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
@@ -642,6 +658,66 @@ inline float reduce_add_avx2(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+inline float reduce_max_avx2(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// lanes [0, rem) of 8 set (for masked loads and stores of a row's last rem < 8 inputs)
+inline __m256i tail_mask_avx2(int64_t rem) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// 8 lanes from p: all of them, or (TAIL) the lanes of mk and `fill` in the others
+template <bool TAIL>
+inline __attribute__((always_inline)) __m256 load_avx2(const float* p, __m256i mk, __m256 fill = _mm256_setzero_ps()) {
+  if constexpr (TAIL) {
+    return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, mk), _mm256_castsi256_ps(mk));
+  } else {
+    return _mm256_loadu_ps(p);
+  }
+}
+
+template <bool TAIL>
+inline __attribute__((always_inline)) void store_avx2(float* p, __m256i mk, __m256 v) {
+  if constexpr (TAIL) {
+    _mm256_maskstore_ps(p, mk, v);
+  } else {
+    _mm256_storeu_ps(p, v);
+  }
+}
+
+// natural-unit q = c - z^2 / 2, z = (x - mu) inv_sigma: the same instructions in the exact forward rows and the
+// backward, so that exp(q - y) of a row's lone dominant term is exactly 1 there (as q_avx512)
+inline __attribute__((always_inline)) __m256 q_avx2(__m256 xv, __m256 muv, __m256 isv, __m256 cv) {
+  const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, muv), isv);
+  return _mm256_fnmadd_ps(_mm256_mul_ps(z, _mm256_set1_ps(0.5f)), z, cv);
+}
+
+// y of one row b and neuron j exactly: the true max, then the sum shifted by it (as forward_row_exact_avx512)
+float forward_row_exact_avx2(const float* __restrict xb, const float* __restrict mu, const float* __restrict is,
+                             const float* __restrict c, int64_t n_in) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  const auto q_at = [&](int64_t k) {
+    if (k + 8 <= n_in) {
+      return q_avx2(_mm256_loadu_ps(xb + k), _mm256_loadu_ps(mu + k), _mm256_loadu_ps(is + k), _mm256_loadu_ps(c + k));
+    }
+    const __m256i mk = tail_mask_avx2(n_in - k);
+    return q_avx2(load_avx2<true>(xb + k, mk), load_avx2<true>(mu + k, mk), load_avx2<true>(is + k, mk),
+                  load_avx2<true>(c + k, mk, ninf));
+  };
+  __m256 mx = ninf;
+  for (int64_t k = 0; k < n_in; k += 8) mx = _mm256_max_ps(mx, q_at(k));
+  const float M = reduce_max_avx2(mx);
+  if (!(M > neg_inf<float>())) return std::isnan(M) ? M : neg_inf<float>();  // every component dropped: log 0
+  const __m256 Mv = _mm256_set1_ps(M), L = _mm256_set1_ps(kLog2e);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n_in; k += 8) acc = _mm256_add_ps(acc, exp2_avx2(_mm256_mul_ps(_mm256_sub_ps(q_at(k), Mv), L)));
+  return M + std::log(reduce_add_avx2(acc));
+}
+
 // shifted sums of rows [b0, b0 + NR) of neuron j: out[r] = sum_k 2^(C[k] - ((x[b,k] - mu[k]) a[k])^2)
 template <int NR>
 inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu, const float* __restrict a,
@@ -657,8 +733,7 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
     }
   }
   if (k < n_in) {  // the last n_in - k < 8 inputs: masked loads read 0, and C = -inf drops the other lanes
-    const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n_in - k)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i mk = tail_mask_avx2(n_in - k);
     const __m256 muv = _mm256_maskload_ps(mu + k, mk), av = _mm256_maskload_ps(a + k, mk);
     const __m256 cv = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(C + k, mk), _mm256_castsi256_ps(mk));
     for (int r = 0; r < NR; ++r) {
@@ -676,15 +751,97 @@ void forward_dense_avx2(const float* x, const float* mu, const float* is, const 
     fwd_tile_avx2<decltype(rows)::value>(x, mu + j * n_in, t.a.data() + j * n_in, t.C.data() + j * n_in, b0, n_in, s);
   };
   const auto exact = [&](int64_t b, int64_t j) {
-    thread_local std::vector<float> q;  // forward_rows' scratch row, reused across calls
-    q.resize(n_in);
-    forward_rows(x, mu + j * n_in, is + j * n_in, c + j * n_in, y, q.data(), b, b + 1, j, n_out, n_in);
+    y[b * n_out + j] = forward_row_exact_avx2(x + b * n_in, mu + j * n_in, is + j * n_in, c + j * n_in, n_in);
   };
   forward_dense_base2(t, y, B, n_out, n_in, tile, exact);
 }
+
+// AVX2 backward: bwd_tile on 8 lanes (see the AVX-512 kernels' comment), in the same frame
+// (backward_dense_tiles); 2 neurons x 4 rows per 8 inputs, the parameter sums in registers over the rows.
+template <int NR, bool NEED_X, bool NEED_P, bool TAIL>
+inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict x, const float* __restrict mu,
+                                                         const float* __restrict is, const float* __restrict c,
+                                                         const int64_t* rows, const float (*gl)[kBwdNeurons],
+                                                         const float (*yl)[kBwdNeurons], float* __restrict dx,
+                                                         float* __restrict P, int64_t j0, int64_t PN, int64_t n_in,
+                                                         int64_t k) {
+  const __m256i mk = TAIL ? tail_mask_avx2(n_in - k) : _mm256_set1_epi32(-1);
+  const __m256 L = _mm256_set1_ps(kLog2e);
+  __m256 muv[kBwdNeurons], isv[kBwdNeurons], cv[kBwdNeurons];
+  __m256 s1[kBwdNeurons], s2[kBwdNeurons], s0[kBwdNeurons];
+  for (int i = 0; i < kBwdNeurons; ++i) {
+    const int64_t o = (j0 + i) * n_in + k;
+    muv[i] = load_avx2<TAIL>(mu + o, mk);
+    isv[i] = load_avx2<TAIL>(is + o, mk);
+    cv[i] = load_avx2<TAIL>(c + o, mk, _mm256_set1_ps(-INFINITY));
+    s0[i] = s1[i] = s2[i] = _mm256_setzero_ps();
+  }
+  for (int r = 0; r < NR; ++r) {
+    const __m256 xv = load_avx2<TAIL>(x + rows[r] * n_in + k, mk);
+    __m256 dxv = _mm256_setzero_ps();
+    for (int i = 0; i < kBwdNeurons; ++i) {
+      const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, muv[i]), isv[i]);
+      const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z, _mm256_set1_ps(0.5f)), z, cv[i]);  // as q_avx2
+      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(yl[r][i])), L);
+      const __m256 G = _mm256_mul_ps(exp2_avx2(t), _mm256_set1_ps(gl[r][i]));
+      const __m256 Gz = _mm256_mul_ps(G, z);
+      if (NEED_X) dxv = _mm256_fmadd_ps(Gz, isv[i], dxv);
+      if (NEED_P) {
+        s0[i] = _mm256_add_ps(s0[i], G);
+        s1[i] = _mm256_add_ps(s1[i], Gz);
+        s2[i] = _mm256_fmadd_ps(Gz, z, s2[i]);
+      }
+    }
+    if (NEED_X) {
+      float* d = dx + rows[r] * n_in + k;
+      store_avx2<TAIL>(d, mk, _mm256_sub_ps(load_avx2<TAIL>(d, mk), dxv));
+    }
+  }
+  if (NEED_P) {
+    for (int i = 0; i < kBwdNeurons; ++i) {
+      float* p = P + (j0 + i) * n_in + k;
+      store_avx2<TAIL>(p, mk, _mm256_add_ps(load_avx2<TAIL>(p, mk), s1[i]));
+      store_avx2<TAIL>(p + PN, mk, _mm256_add_ps(load_avx2<TAIL>(p + PN, mk), s2[i]));
+      store_avx2<TAIL>(p + 2 * PN, mk, _mm256_add_ps(load_avx2<TAIL>(p + 2 * PN, mk), s0[i]));
+    }
+  }
+}
+
+template <bool NEED_X, bool NEED_P>
+void backward_dense_avx2(const float* g, const float* x, const float* mu, const float* is, const float* c,
+                         const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
+                         int64_t n_in) {
+  const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
+                        const float (*gl)[kBwdNeurons], const float (*yl)[kBwdNeurons], float* P, int64_t j0,
+                        int64_t n_pad) {
+    constexpr int NR = decltype(rows_c)::value;
+    int64_t k = 0;
+    for (; k + 8 <= n_in; k += 8) {
+      bwd_step_avx2<NR, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+    }
+    if (k < n_in) bwd_step_avx2<NR, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+  };
+  backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
+}
 #else
-constexpr bool kHaveAvx2Forward = false;
+constexpr bool kHaveAvx2 = false;
 #endif
+
+// A vectorised float path in this build (AVX-512, else AVX2 with FMA): its dense forward's exact rows and its
+// dense backward compute q with the same instructions, so the zero-input path sends the rows that need it there.
+constexpr bool kHaveSimd = kHaveAvx512 || kHaveAvx2;
+
+// y of one row b and neuron j exactly, by the vectorised path's own instructions
+inline float forward_row_exact_simd(const float* xb, const float* mu, const float* is, const float* c, int64_t n_in) {
+#if defined(__AVX512F__)
+  return forward_row_exact_avx512(xb, mu, is, c, n_in);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return forward_row_exact_avx2(xb, mu, is, c, n_in);
+#else
+  (void)xb, (void)mu, (void)is, (void)c, (void)n_in;
+  TORCH_CHECK(false, "built without a vectorised path");
+#endif
+}
 
 // ---- inputs that are exactly 0 (sparse-constant inputs) ---------------------------------------------------
 
@@ -883,7 +1040,154 @@ inline void sparse_backward_block(const int32_t* __restrict rows, const float* _
     }
   }
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+// AVX2 loops of the background path: the AVX-512 ones above on 8 lanes (fewer neurons per block in the
+// backward: AVX2 has 16 vector registers, not 32). TAIL: some lanes lie past n_out (masked loads and stores).
+
+// acc[j0 : j0 + 8 NV] += sum over the row's foreground inputs of 2^(cT - ((x - muT) aT)^2) (as sparse_forward_block)
+template <int NV, bool TAIL>
+inline void sparse_forward_block_avx2(const float* __restrict xb, const int32_t* __restrict nz, int64_t n,
+                                      const float* __restrict muT, const float* __restrict aT,
+                                      const float* __restrict cT, int64_t n_out, int64_t j0, float* __restrict acc) {
+  __m256i mk[NV];
+  __m256 a[NV];
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = tail_mask_avx2(n_out - j0 - 8 * v);
+    a[v] = load_avx2<TAIL>(acc + j0 + 8 * v, mk[v]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = nz[i];
+    const __m256 xv = _mm256_set1_ps(xb[k]);
+    const int64_t at = k * n_out + j0;
+    for (int v = 0; v < NV; ++v) {
+      const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(xv, load_avx2<TAIL>(muT + at + 8 * v, mk[v])),
+                                      load_avx2<TAIL>(aT + at + 8 * v, mk[v]));
+      const __m256 cv = load_avx2<TAIL>(cT + at + 8 * v, mk[v], ninf);
+      a[v] = _mm256_add_ps(a[v], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+    }
+  }
+  for (int v = 0; v < NV; ++v) store_avx2<TAIL>(acc + j0 + 8 * v, mk[v], a[v]);
+}
+
+// column k's gradient sums over its foreground rows for neurons [j0, j0 + 8 NV) (as sparse_backward_block)
+template <int NV, bool NEED_X, bool NEED_P, bool TAIL>
+inline void sparse_backward_block_avx2(const int32_t* __restrict rows, const float* __restrict vals, int64_t nr,
+                                       const float* __restrict muk, const float* __restrict isk,
+                                       const float* __restrict ck, const float* __restrict ge,
+                                       const float* __restrict ye, int64_t n_out, int64_t j0, int64_t n_in,
+                                       int64_t k, float* __restrict dx, float* __restrict amu,
+                                       float* __restrict asig, float* __restrict alw) {
+  __m256i mk[NV];
+  __m256 mu[NV], is[NV], c[NV], smu[NV], ssig[NV], slw[NV];
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = tail_mask_avx2(n_out - j0 - 8 * v);
+    mu[v] = load_avx2<TAIL>(muk + j0 + 8 * v, mk[v]);
+    is[v] = load_avx2<TAIL>(isk + j0 + 8 * v, mk[v]);
+    c[v] = load_avx2<TAIL>(ck + j0 + 8 * v, mk[v], _mm256_set1_ps(-INFINITY));
+    smu[v] = ssig[v] = slw[v] = _mm256_setzero_ps();
+  }
+  const __m256 half = _mm256_set1_ps(0.5f), L = _mm256_set1_ps(kLog2e);
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t b = rows[r];
+    const __m256 xv = _mm256_set1_ps(vals[r]);
+    const float *gb = ge + b * n_out + j0, *yb = ye + b * n_out + j0;
+    __m256 sx = _mm256_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, mu[v]), is[v]);
+      const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z, half), z, c[v]);  // as q_avx2
+      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(q, load_avx2<TAIL>(yb + 8 * v, mk[v])), L);
+      const __m256 G = _mm256_mul_ps(load_avx2<TAIL>(gb + 8 * v, mk[v]), exp2_avx2(t));
+      const __m256 Gs = _mm256_mul_ps(G, is[v]), Gzs = _mm256_mul_ps(Gs, z);
+      if (NEED_X) sx = _mm256_add_ps(sx, Gzs);
+      if (NEED_P) {
+        smu[v] = _mm256_add_ps(smu[v], Gzs);
+        ssig[v] = _mm256_add_ps(ssig[v], _mm256_fmsub_ps(Gzs, z, Gs));
+        slw[v] = _mm256_add_ps(slw[v], G);
+      }
+    }
+    if (NEED_X) dx[b * n_in + k] -= reduce_add_avx2(sx);
+  }
+  if (NEED_P) {
+    for (int v = 0; v < NV; ++v) {
+      store_avx2<TAIL>(amu + j0 + 8 * v, mk[v], smu[v]);
+      store_avx2<TAIL>(asig + j0 + 8 * v, mk[v], ssig[v]);
+      store_avx2<TAIL>(alw + j0 + 8 * v, mk[v], slw[v]);
+    }
+  }
+}
 #endif
+
+// ---- the vectorised background loops of this build, whichever the instruction set ----------------------
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define UGMM_SIMD_SPARSE 1
+
+// Positions of row xb's inputs other than v (NaN included), as int32; nz needs n_in + 16 slots.
+inline int64_t foreground_simd(const float* xb, int64_t n_in, float v, int32_t* nz) {
+#ifdef __AVX512F__
+  return foreground_avx512(xb, n_in, v, nz);
+#else
+  return foreground(xb, n_in, v, nz);
+#endif
+}
+
+// acc[j] += the shifted base-2 terms of row xb's foreground inputs nz[0..n), for every neuron j
+inline void sparse_forward_row(const float* xb, const int32_t* nz, int64_t n, const float* muT, const float* aT,
+                               const float* cT, int64_t n_out, float* acc) {
+#ifdef __AVX512F__
+  for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
+    sparse_forward_block<kSparseVectors>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
+  }
+#else
+  constexpr int NV = 4;
+  int64_t j0 = 0;
+  for (; j0 + 8 * NV <= n_out; j0 += 8 * NV) sparse_forward_block_avx2<NV, false>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
+  if (j0 < n_out) sparse_forward_block_avx2<NV, true>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
+#endif
+}
+
+// column k's gradient terms over its foreground rows (rows, vals: nr of them), every neuron
+template <bool NEED_X, bool NEED_P>
+inline void sparse_backward_column(const int32_t* rows, const float* vals, int64_t nr, const float* muk,
+                                   const float* isk, const float* ck, const float* ge, const float* ye, int64_t n_out,
+                                   int64_t n_in, int64_t k, float* dx, float* amu, float* asig, float* alw) {
+#ifdef __AVX512F__
+  for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
+    sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
+                                                          dx, amu, asig, alw);
+  }
+#else
+  constexpr int NV = 2;
+  int64_t j0 = 0;
+  for (; j0 + 8 * NV <= n_out; j0 += 8 * NV) {
+    sparse_backward_block_avx2<NV, NEED_X, NEED_P, false>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
+                                                          dx, amu, asig, alw);
+  }
+  if (j0 < n_out) {
+    sparse_backward_block_avx2<NV, NEED_X, NEED_P, true>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
+                                                         dx, amu, asig, alw);
+  }
+#endif
+}
+#endif
+
+// f(j, k) for every j < n_out, k < n_in, in 32 x 32 blocks (parallel over blocks): a transposed copy
+// (n_out, n_in) <-> (n_in, n_out) made through f reads and writes each block's lines from L1, where a plain
+// strided copy misses the cache on every element of one side.
+template <typename F>
+void for_each_block(int64_t n_out, int64_t n_in, const F& f) {
+  constexpr int64_t kB = 32;
+  const int64_t nbj = (n_out + kB - 1) / kB, nbk = (n_in + kB - 1) / kB;
+  at::parallel_for(0, nbj * nbk, std::max<int64_t>(1, 16384 / (kB * kB)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j0 = t / nbk * kB, k0 = t % nbk * kB;
+      const int64_t j1 = std::min(n_out, j0 + kB), k1 = std::min(n_in, k0 + kB);
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t j = j0; j < j1; ++j) f(j, k);
+      }
+    }
+  });
+}
 
 // Forward with the shift m[j]: S = Z @ E^T for the background inputs plus per-term exponentials of the others,
 // vectorised over neurons j with the parameters transposed to (n_in, n_out). Underflowed sums: exact path.
@@ -894,10 +1198,17 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
   ZeroTables tab = zero_tables<T>(mu, is, c, false, v);
   at::Tensor S0 = at::mm(background_indicator<T>(x, v), tab.E.t());  // (B, n_out)
   // c shifted by m[j] once, transposed: one subtraction less per term
-  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = (c - tab.m.unsqueeze(1)).t().contiguous();
-  if (simd) {  // the AVX-512 loop works in base 2
-    isT = isT * std::sqrt(0.5 * 1.4426950408889634);  // not in place: isT may share is's storage
-    cT.mul_(1.4426950408889634);
+  // the parameters transposed to (n_in, n_out), c shifted by m[j]; in base 2 for the vectorised loops
+  at::Tensor muT = at::empty({n_in, n_out}, mu.options()), isT = at::empty_like(muT), cT = at::empty_like(muT);
+  {
+    const T sa = simd ? std::sqrt(T(0.5) * T(1.4426950408889634)) : T(1), sc = simd ? T(1.4426950408889634) : T(1);
+    const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
+    T *tmu = muT.data_ptr<T>(), *tis = isT.data_ptr<T>(), *tc = cT.data_ptr<T>();
+    for_each_block(n_out, n_in, [&](int64_t j, int64_t k) {
+      tmu[k * n_out + j] = pmu[j * n_in + k];
+      tis[k * n_out + j] = pis[j * n_in + k] * sa;
+      tc[k * n_out + j] = (pc[j * n_in + k] - pm[j]) * sc;
+    });
   }
   const T *px = x.data_ptr<T>(), *pS0 = S0.data_ptr<T>(), *pm = tab.m.data_ptr<T>();
   const T *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
@@ -913,13 +1224,10 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
       std::copy(pS0 + b * n_out, pS0 + (b + 1) * n_out, acc.begin());
       T* __restrict a = acc.data();
       bool done = false;
-#ifdef __AVX512F__
+#ifdef UGMM_SIMD_SPARSE
       if constexpr (std::is_same_v<T, float>) {
         if (simd) {
-          const int64_t n = foreground_avx512(xb, n_in, v, nz.data());
-          for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
-            sparse_forward_block<kSparseVectors>(xb, nz.data(), n, pmuT, pisT, pcT, n_out, j0, a);
-          }
+          sparse_forward_row(xb, nz.data(), foreground_simd(xb, n_in, v, nz.data()), pmuT, pisT, pcT, n_out, a);
           done = true;
         }
       }
@@ -943,14 +1251,12 @@ void forward_sparse(const at::Tensor& x, const at::Tensor& mu, const at::Tensor&
         if (ls >= kLogMin<T>) {
           py[b * n_out + j] = pm[j] + ls;
         } else {
-#ifdef __AVX512F__
           if constexpr (std::is_same_v<T, float>) {
-            if (simd) {  // the exact rows agree with the AVX-512 backward to the last bit
-              py[b * n_out + j] = forward_row_exact_avx512(xb, pmu + j * n_in, pis + j * n_in, pc + j * n_in, n_in);
+            if (simd) {  // the exact rows agree with the vectorised backward to the last bit
+              py[b * n_out + j] = forward_row_exact_simd(xb, pmu + j * n_in, pis + j * n_in, pc + j * n_in, n_in);
               continue;
             }
           }
-#endif
           forward_rows(px, pmu + j * n_in, pis + j * n_in, pc + j * n_in, py, q.data(), b, b + 1, j, n_out, n_in);
         }
       }
@@ -992,7 +1298,7 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
     }
   }
   if (static_cast<double>(exact.size()) > 0.05 * static_cast<double>(B * n_out)) return false;
-  // the AVX-512 forward computed those rows with its own instructions: its backward recomputes them alike
+  // the vectorised forward computed those rows with its own instructions: its backward recomputes them alike
   if (simd && !exact.empty()) return false;
   bool simd_done = false;
 
@@ -1007,14 +1313,23 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
 
   // foreground inputs: column by column (parallel over inputs k), so each thread owns its dx[:, k] and the
   // parameter gradients of its inputs, and the column's parameters and accumulators stay in L1 over the rows
-  at::Tensor muT = mu.t().contiguous(), isT = is.t().contiguous(), cT = c.t().contiguous();
+  at::Tensor muT = at::empty({n_in, n_out}, mu.options()), isT = at::empty_like(muT), cT = at::empty_like(muT);
+  {
+    const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
+    T *tmu = muT.data_ptr<T>(), *tis = isT.data_ptr<T>(), *tc = cT.data_ptr<T>();
+    for_each_block(n_out, n_in, [&](int64_t j, int64_t k) {
+      tmu[k * n_out + j] = pmu[j * n_in + k];
+      tis[k * n_out + j] = pis[j * n_in + k];
+      tc[k * n_out + j] = pc[j * n_in + k];
+    });
+  }
   const T *px = x.data_ptr<T>(), *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
   T* pdx = NEED_X ? dx.data_ptr<T>() : nullptr;
   at::Tensor dT = NEED_P ? at::empty({3, n_in, n_out}, x.options()) : at::Tensor();  // transposed gradients
   T* pdT = NEED_P ? dT.data_ptr<T>() : nullptr;
   const int64_t P = n_out * n_in;
   const int64_t cols_per_task = 4, n_col_tasks = (n_in + cols_per_task - 1) / cols_per_task;
-#ifdef __AVX512F__
+#ifdef UGMM_SIMD_SPARSE
   if constexpr (std::is_same_v<T, float>) {
     if (simd && B * n_in < std::numeric_limits<int32_t>::max()) {  // int32 positions below
       // each column's foreground rows and values, contiguous (a counting sort of the rows' foreground lists)
@@ -1025,7 +1340,7 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
       row_start.assign(B + 1, 0);
       col_start.assign(n_in + 1, 0);
       for (int64_t b = 0; b < B; ++b) {
-        row_start[b + 1] = row_start[b] + foreground_avx512(px + b * n_in, n_in, v, row_nz.data() + row_start[b]);
+        row_start[b + 1] = row_start[b] + foreground_simd(px + b * n_in, n_in, v, row_nz.data() + row_start[b]);
       }
       for (int64_t i = 0; i < row_start[B]; ++i) ++col_start[row_nz[i] + 1];
       for (int64_t k = 0; k < n_in; ++k) col_start[k + 1] += col_start[k];
@@ -1050,11 +1365,8 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           float* asig = NEED_P ? pdT + P + k * n_out : unused.data() + n_out;
           float* alw = NEED_P ? pdT + 2 * P + k * n_out : unused.data() + 2 * n_out;
           const int64_t r0 = starts[k], nr = starts[k + 1] - r0;
-          for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
-            sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(
-                rows + r0, vals + r0, nr, pmuT + k * n_out, pisT + k * n_out, pcT + k * n_out,
-                pge, pye, n_out, j0, n_in, k, pdx, amu, asig, alw);
-          }
+          sparse_backward_column<NEED_X, NEED_P>(rows + r0, vals + r0, nr, pmuT + k * n_out, pisT + k * n_out,
+                                                 pcT + k * n_out, pge, pye, n_out, n_in, k, pdx, amu, asig, alw);
         }
       });
       simd_done = true;
@@ -1098,9 +1410,12 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
     });
   }
   if (NEED_P) {
-    dmu.add_(dT[0].t());
-    dsig.add_(dT[1].t());
-    dlw.add_(dT[2].t());
+    T *gmu = dmu.data_ptr<T>(), *gsig = dsig.data_ptr<T>(), *glw = dlw.data_ptr<T>();
+    for_each_block(n_out, n_in, [&](int64_t j, int64_t k) {
+      gmu[j * n_in + k] += pdT[k * n_out + j];
+      gsig[j * n_in + k] += pdT[P + k * n_out + j];
+      glw[j * n_in + k] += pdT[2 * P + k * n_out + j];
+    });
   }
   const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
   T* pdmu = NEED_P ? dmu.data_ptr<T>() : nullptr;
@@ -1133,10 +1448,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
   at::Tensor y = at::empty({B, n_out}, x.options());
   if (B == 0 || n_out == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ugmm_forward", [&] {
-    bool simd = false;
-#ifdef __AVX512F__
-    simd = use_simd && std::is_same_v<scalar_t, float>;
-#endif
+    const bool simd = use_simd && kHaveSimd && std::is_same_v<scalar_t, float>;
     scalar_t v;
     if (use_sparse && background_value<scalar_t>(x, &v)) {
       forward_sparse<scalar_t>(x, mu, inv_sigma, c, y, simd, v);
@@ -1153,7 +1465,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (use_simd) {
+      if (simd) {
         forward_dense_avx2(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
                            c.data_ptr<float>(), y.data_ptr<float>(), B, n_out, n_in);
         return;
@@ -1187,16 +1499,21 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
                                 ptr(dx), ptr(dmu), ptr(dsig), ptr(dlw), B, n_out, n_in);
     scalar_t v = 0;
     const bool sparse = use_sparse && background_value<scalar_t>(x, &v);
-    bool simd = false;
-#ifdef __AVX512F__
-    simd = use_simd && std::is_same_v<scalar_t, float>;
-#endif
+    const bool simd = use_simd && kHaveSimd && std::is_same_v<scalar_t, float>;
     auto dense = [&](auto need_x_c, auto need_p_c) {
       constexpr bool NX = decltype(need_x_c)::value, NP = decltype(need_p_c)::value;
 #ifdef __AVX512F__
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (simd) {
           std::apply(backward_dense_avx512<NX, NP>, args);
+          return;
+        }
+      }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (simd) {
+          std::apply(backward_dense_avx2<NX, NP>, args);
           return;
         }
       }
@@ -1244,5 +1561,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bench_exp2", &bench_exp2, "time n 16-lane exp2 evaluations (microbenchmark)", py::arg("n"));
   m.def("bench_fma", &bench_fma, "time n 16-lane FMAs (microbenchmark)", py::arg("n"));
   m.attr("has_avx512") = kHaveAvx512;
-  m.attr("has_avx2_forward") = kHaveAvx2Forward;
+  m.attr("has_avx2") = kHaveAvx2;
 }
