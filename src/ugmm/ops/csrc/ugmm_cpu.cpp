@@ -314,6 +314,8 @@ void forward_dense_base2(const Base2Tables& t, float* y, int64_t B, int64_t n_ou
 // (gl / yl: g and y of each pair, 0 and 0 for a dead one) to dx and P. An n_out that is not a multiple of NN
 // is padded with neurons of c = -inf and g = 0 (no contribution).
 constexpr int64_t kBwdRows = 4;
+// inputs per sweep: a neuron pair's parameters and sums over them stay in L1 across the block's row tiles
+constexpr int64_t kBwdInputs = 256;
 constexpr int kBwdNeurons = 2;  // neurons per tile in both vectorised backwards
 
 template <int NN, bool NEED_P, typename Tile>
@@ -337,23 +339,26 @@ void backward_dense_tiles(const float* g, const float* mu, const float* is, cons
   const int64_t n_rt = (B + kBwdRows - 1) / kBwdRows;
   const int64_t n_blocks = std::max<int64_t>(
       1, std::min<int64_t>(2 * n_threads, n_rt / std::max<int64_t>(1, grain(kBwdRows * n_out * n_in))));
-  std::unique_ptr<float[]> P(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
+  std::unique_ptr<float[]> sums(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
+  float* const P = sums.get();
   dynamic_for(n_blocks, 1, [&](int64_t blk) {
     const int64_t rt0 = n_rt * blk / n_blocks, rt1 = n_rt * (blk + 1) / n_blocks;
-    float* Pt = NEED_P ? P.get() + blk * 3 * PN : nullptr;
+    float* Pt = NEED_P ? P + blk * 3 * PN : nullptr;
     if (NEED_P) std::fill(Pt, Pt + 3 * PN, 0.0f);
     const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
     int64_t rows[kBwdRows];
     float gl[kBwdRows][NN], yl[kBwdRows][NN];
+    for (int64_t k0 = 0; k0 < n_in; k0 += kBwdInputs) {
+    const int64_t k1 = std::min(n_in, k0 + kBwdInputs);
     for (int64_t j0 = 0; j0 < n_pad; j0 += NN) {
       int64_t nr = 0;
       auto flush = [&]() {
         static_assert(kBwdRows == 4, "one case per tile height");
         switch (nr) {
-          case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
-          case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
-          case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
-          case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad); break;
+          case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+          case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+          case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+          case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
           default: break;
         }
         nr = 0;
@@ -374,13 +379,14 @@ void backward_dense_tiles(const float* g, const float* mu, const float* is, cons
       }
       flush();
     }
+    }
   });
   if (NEED_P) {
     at::parallel_for(0, n_out * n_in, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         float s1 = 0, s2 = 0, s0 = 0;
         for (int64_t t = 0; t < n_blocks; ++t) {
-          const float* Pt = P.get() + t * 3 * PN;
+          const float* Pt = P + t * 3 * PN;
           s1 += Pt[i];
           s2 += Pt[PN + i];
           s0 += Pt[2 * PN + i];
@@ -514,10 +520,10 @@ template <int NR, bool NEED_X, bool NEED_P>
 inline void bwd_tile(const float* __restrict x, const float* __restrict mu, const float* __restrict is,
                      const float* __restrict c, const int64_t* rows, const float (*gl)[kBwdNeurons],
                      const float (*yl)[kBwdNeurons], float* __restrict dx, float* __restrict P, int64_t j0,
-                     int64_t n_out, int64_t n_in) {
+                     int64_t n_out, int64_t n_in, int64_t k0, int64_t k1) {
   const int64_t PN = n_out * n_in;
   const __m512 L = _mm512_set1_ps(kLog2e);
-  for (int64_t k = 0; k < n_in; k += 16) {
+  for (int64_t k = k0; k < k1; k += 16) {
     const __mmask16 mk = k + 16 <= n_in ? static_cast<__mmask16>(0xFFFF) : tail_mask(n_in - k);
     __m512 muv[kBwdNeurons], isv[kBwdNeurons], cv[kBwdNeurons];
     __m512 s1[kBwdNeurons], s2[kBwdNeurons], s0[kBwdNeurons];
@@ -566,8 +572,8 @@ void backward_dense_avx512(const float* g, const float* x, const float* mu, cons
                            int64_t n_in) {
   const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
                         const float (*gl)[kBwdNeurons], const float (*yl)[kBwdNeurons], float* P, int64_t j0,
-                        int64_t n_pad) {
-    bwd_tile<decltype(rows_c)::value, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad, n_in);
+                        int64_t n_pad, int64_t k0, int64_t k1) {
+    bwd_tile<decltype(rows_c)::value, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad, n_in, k0, k1);
   };
   backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
@@ -621,8 +627,9 @@ constexpr bool kHaveAvx512 = false;
 // ---- AVX2 float kernels of the dense path (CPUs without AVX-512) -----------------------------------------
 //
 // The AVX-512 kernels above on 8 lanes, in the same frames (forward_dense_base2, backward_dense_tiles): 2^n
-// built from exponent bits in place of vscalefps (n in [-126, 1]: the exponents here are at most ~0), and
-// lane masks in place of mask registers. The exact forward rows and the backward compute q by the same
+// built from exponent bits in place of vscalefps (the exponents here are at most ~0), a degree-5 polynomial
+// (AVX2 has half the registers and no free masking: every instruction of the exponential counts), and lane
+// masks in place of mask registers. The exact forward rows and the backward compute q by the same
 // instructions (q_avx2), so exp(q - y) of a row's lone dominant term is exactly 1 in the backward.
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
@@ -632,23 +639,23 @@ namespace {
 
 constexpr bool kHaveAvx2 = true;
 
-// 2^t for t <= 0: exactly 0 below -126 (and for -inf), NaN for NaN.
+// 2^t for t <= ~0: exactly 0 below -126.5 (and for -inf), NaN for NaN. n = round(t) by the 1.5 * 2^23 trick with
+// the exponent bias folded in (the low bits of t + kShift are n + 127, shifted into the exponent field); t is
+// clamped at -127, where the exponent field is 0 and so is 2^n: no mask needed. 2^f, f in [-1/2, 1/2], is a
+// degree-5 polynomial fitted for relative error (2e-7 in float arithmetic; p(0) = 1 exactly).
 inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
-  const __m256 lo = _mm256_set1_ps(-126.0f);
-  const __m256 live = _mm256_cmp_ps(t, lo, _CMP_NLT_UQ);  // all ones where t >= -126 or NaN
-  t = _mm256_max_ps(lo, t);  // the second operand is returned for NaN: NaN stays NaN
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(t, n);
-  __m256 p = _mm256_set1_ps(1.5337577497120947e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3399859890341759e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618519805371761e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550329014658928e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022646248340607e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471824645996e-1f));
+  const __m256 kShift = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
+  t = _mm256_max_ps(_mm256_set1_ps(-127.0f), t);  // the second operand is returned for NaN: NaN stays NaN
+  const __m256 nb = _mm256_add_ps(t, kShift);
+  const __m256 f = _mm256_sub_ps(t, _mm256_sub_ps(nb, kShift));
+  __m256 p = _mm256_set1_ps(1.3308824791013127e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.671516403894739e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.55058245539046e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242028837643e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931470917132964e-1f));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  // 2^n as a float: biased exponent n + 127 in bits 23..30 (n >= -126 after the clamp; NaN lanes stay NaN via p)
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(nb), 23);  // 2^n: (n + 127) << 23, 0 for n = -127
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 inline float reduce_add_avx2(__m256 v) {
@@ -757,19 +764,20 @@ void forward_dense_avx2(const float* x, const float* mu, const float* is, const 
 }
 
 // AVX2 backward: bwd_tile on 8 lanes (see the AVX-512 kernels' comment), in the same frame
-// (backward_dense_tiles); 2 neurons x 4 rows per 8 inputs, the parameter sums in registers over the rows.
-template <int NR, bool NEED_X, bool NEED_P, bool TAIL>
+// (backward_dense_tiles); kBwdNeuronsAvx2 neurons x 4 rows per 8 inputs, the parameter sums in registers over the rows.
+constexpr int kBwdNeuronsAvx2 = 2;
+template <int NR, int NN, bool NEED_X, bool NEED_P, bool TAIL>
 inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict x, const float* __restrict mu,
                                                          const float* __restrict is, const float* __restrict c,
-                                                         const int64_t* rows, const float (*gl)[kBwdNeurons],
-                                                         const float (*yl)[kBwdNeurons], float* __restrict dx,
+                                                         const int64_t* rows, const float (*gl)[NN],
+                                                         const float (*yl)[NN], float* __restrict dx,
                                                          float* __restrict P, int64_t j0, int64_t PN, int64_t n_in,
                                                          int64_t k) {
   const __m256i mk = TAIL ? tail_mask_avx2(n_in - k) : _mm256_set1_epi32(-1);
   const __m256 L = _mm256_set1_ps(kLog2e);
-  __m256 muv[kBwdNeurons], isv[kBwdNeurons], cv[kBwdNeurons];
-  __m256 s1[kBwdNeurons], s2[kBwdNeurons], s0[kBwdNeurons];
-  for (int i = 0; i < kBwdNeurons; ++i) {
+  __m256 muv[NN], isv[NN], cv[NN];
+  __m256 s1[NN], s2[NN], s0[NN];
+  for (int i = 0; i < NN; ++i) {
     const int64_t o = (j0 + i) * n_in + k;
     muv[i] = load_avx2<TAIL>(mu + o, mk);
     isv[i] = load_avx2<TAIL>(is + o, mk);
@@ -779,7 +787,7 @@ inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict
   for (int r = 0; r < NR; ++r) {
     const __m256 xv = load_avx2<TAIL>(x + rows[r] * n_in + k, mk);
     __m256 dxv = _mm256_setzero_ps();
-    for (int i = 0; i < kBwdNeurons; ++i) {
+    for (int i = 0; i < NN; ++i) {
       const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, muv[i]), isv[i]);
       const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z, _mm256_set1_ps(0.5f)), z, cv[i]);  // as q_avx2
       const __m256 t = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(yl[r][i])), L);
@@ -798,7 +806,7 @@ inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict
     }
   }
   if (NEED_P) {
-    for (int i = 0; i < kBwdNeurons; ++i) {
+    for (int i = 0; i < NN; ++i) {
       float* p = P + (j0 + i) * n_in + k;
       store_avx2<TAIL>(p, mk, _mm256_add_ps(load_avx2<TAIL>(p, mk), s1[i]));
       store_avx2<TAIL>(p + PN, mk, _mm256_add_ps(load_avx2<TAIL>(p + PN, mk), s2[i]));
@@ -812,16 +820,16 @@ void backward_dense_avx2(const float* g, const float* x, const float* mu, const 
                          const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
                          int64_t n_in) {
   const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
-                        const float (*gl)[kBwdNeurons], const float (*yl)[kBwdNeurons], float* P, int64_t j0,
-                        int64_t n_pad) {
+                        const float (*gl)[kBwdNeuronsAvx2], const float (*yl)[kBwdNeuronsAvx2], float* P, int64_t j0,
+                        int64_t n_pad, int64_t k0, int64_t k1) {
     constexpr int NR = decltype(rows_c)::value;
-    int64_t k = 0;
-    for (; k + 8 <= n_in; k += 8) {
-      bwd_step_avx2<NR, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+    int64_t k = k0;
+    for (; k + 8 <= k1; k += 8) {
+      bwd_step_avx2<NR, kBwdNeuronsAvx2, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
     }
-    if (k < n_in) bwd_step_avx2<NR, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+    if (k < k1) bwd_step_avx2<NR, kBwdNeuronsAvx2, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
   };
-  backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
+  backward_dense_tiles<kBwdNeuronsAvx2, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
 #else
 constexpr bool kHaveAvx2 = false;
