@@ -1,8 +1,9 @@
 """The CPU's limit for the uGMM op: the fused kernel's own exp, an FMA loop, and torch.exp streaming memory.
 
-A dense uGMM term costs one exponential plus a few vector instructions (forward: 13 AVX-512 instructions per
-16 terms, 10 of them the exp; backward: 22), so the rate of the kernel's exp on registers is the ceiling of
-the forward, and the FMA rate times 16 / (instructions per term) an estimate of what each direction can reach.
+A dense uGMM term costs one exponential plus a few vector instructions (AVX-512: forward 13 instructions per
+16 terms, 10 of them the exp, backward 22; AVX2: forward 15 per 8 terms, 11 the exp, backward 23), so the
+rate of the kernel's exp on registers is the ceiling of the forward, and the FMA rate times the lanes per
+instruction count an estimate of what each direction can reach.
 ``torch.exp`` over as many floats as a 784 -> 128, B = 256 layer has terms (25.7 M) is the yardstick the
 issue compares against: the rate at which PyTorch merely streams memory through an exponential.
 
@@ -22,8 +23,9 @@ import subprocess
 import time
 from pathlib import Path
 
-# instructions per 16 terms of the AVX-512 kernels (see csrc/ugmm_cpu.cpp), exp2 included (10)
-FWD_OPS, BWD_OPS, EXP_OPS = 13, 22, 10
+# vector instructions per vector of terms (forward, backward), the exponential included, by lanes per vector:
+# the AVX-512 kernels (16) and the AVX2 ones (8); see csrc/ugmm_cpu.cpp
+OPS_PER_VECTOR = {16: (13, 22), 8: (15, 23)}
 TERMS = 256 * 128 * 784  # the 784 -> 128, B = 256 layer
 
 
@@ -53,17 +55,20 @@ def measure(threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     ext = cpu._extension()
     out: dict = {"threads": threads}
-    if ext is not None and getattr(ext, "has_avx512", False):
-        n = 1 << 24  # 16-lane vectors
+    lanes = getattr(ext, "simd_lanes", 0) if ext is not None else 0
+    if lanes in OPS_PER_VECTOR:
+        out["simd_lanes"] = lanes
+        fwd_ops, bwd_ops = OPS_PER_VECTOR[lanes]
+        n = (1 << 28) // lanes  # vectors
         t, med = best(lambda: ext.bench_exp2(n), repeats)
-        out["kernel_exp2_G_per_s"] = 16 * n / t / 1e9
-        out["kernel_exp2_G_per_s_median"] = 16 * n / med / 1e9
+        out["kernel_exp2_G_per_s"] = lanes * n / t / 1e9
+        out["kernel_exp2_G_per_s_median"] = lanes * n / med / 1e9
         t, med = best(lambda: ext.bench_fma(n * 4), repeats)
-        out["fma_G_lanes_per_s"] = 16 * 4 * n / t / 1e9  # one lane-FMA = 2 flops
-        out["fma_G_lanes_per_s_median"] = 16 * 4 * n / med / 1e9
-        vec_rate = out["fma_G_lanes_per_s"] / 16  # vector instructions per second (FMA-bound)
-        out["forward_limit_G_terms_per_s"] = 16 * vec_rate / FWD_OPS
-        out["backward_limit_G_terms_per_s"] = 16 * vec_rate / BWD_OPS
+        out["fma_G_lanes_per_s"] = lanes * 4 * n / t / 1e9  # one lane-FMA = 2 flops
+        out["fma_G_lanes_per_s_median"] = lanes * 4 * n / med / 1e9
+        vec_rate = out["fma_G_lanes_per_s"] / lanes  # vector instructions per second (FMA-bound)
+        out["forward_limit_G_terms_per_s"] = lanes * vec_rate / fwd_ops
+        out["backward_limit_G_terms_per_s"] = lanes * vec_rate / bwd_ops
     src = torch.rand(TERMS)
     dst = torch.empty_like(src)
     t, med = best(lambda: torch.exp(src, out=dst), repeats)

@@ -619,8 +619,6 @@ double bench_fma(int64_t n) {
 }
 constexpr bool kHaveAvx512 = true;
 #else
-double bench_exp2(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
-double bench_fma(int64_t) { TORCH_CHECK(false, "built without AVX-512"); }
 constexpr bool kHaveAvx512 = false;
 #endif
 
@@ -831,8 +829,52 @@ void backward_dense_avx2(const float* g, const float* x, const float* mu, const 
   };
   backward_dense_tiles<kBwdNeuronsAvx2, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
+
+// the microbenchmarks of the limit on 8 lanes (as the AVX-512 ones: n vectors through exp2_avx2, n rounds of
+// 12 independent FMA chains)
+double bench_exp2(int64_t n) {
+  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 t0 = _mm256_setr_ps(0, -1, -2, -3, -4, -5, -6, -7);
+    __m256 t1 = _mm256_sub_ps(t0, _mm256_set1_ps(0.5f));
+    const __m256 step = _mm256_set1_ps(-1e-6f);
+    for (int64_t i = i0; i < i1; i += 2) {
+      acc0 = _mm256_add_ps(acc0, exp2_avx2(t0));
+      acc1 = _mm256_add_ps(acc1, exp2_avx2(t1));
+      t0 = _mm256_add_ps(t0, step);
+      t1 = _mm256_add_ps(t1, step);
+    }
+    sums[at::get_thread_num()] += reduce_add_avx2(_mm256_add_ps(acc0, acc1));
+  });
+  double s = 0;
+  for (double v : sums) s += v;
+  return s;
+}
+
+double bench_fma(int64_t n) {
+  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+    __m256 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(1.0f + i);
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int64_t i = i0; i < i1; i += 12) {
+      for (int j = 0; j < 12; ++j) acc[j] = _mm256_fmadd_ps(acc[j], a, b);
+    }
+    __m256 s = acc[0];
+    for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
+    sums[at::get_thread_num()] += reduce_add_avx2(s);
+  });
+  double s = 0;
+  for (double v : sums) s += v;
+  return s;
+}
 #else
 constexpr bool kHaveAvx2 = false;
+#endif
+#if !defined(__AVX512F__) && !(defined(__AVX2__) && defined(__FMA__))
+double bench_exp2(int64_t) { TORCH_CHECK(false, "built without AVX-512 or AVX2"); }
+double bench_fma(int64_t) { TORCH_CHECK(false, "built without AVX-512 or AVX2"); }
 #endif
 
 // A vectorised float path in this build (AVX-512, else AVX2 with FMA): its dense forward's exact rows and its
@@ -1566,8 +1608,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("need_params"), py::arg("use_sparse") = true, py::arg("use_simd") = true);
   m.def("background", &background, "the zero-input path's background value of x, or None (dense path)",
         py::arg("x"));
-  m.def("bench_exp2", &bench_exp2, "time n 16-lane exp2 evaluations (microbenchmark)", py::arg("n"));
-  m.def("bench_fma", &bench_fma, "time n 16-lane FMAs (microbenchmark)", py::arg("n"));
+  m.def("bench_exp2", &bench_exp2, "time n simd_lanes-wide exp2 evaluations (microbenchmark)", py::arg("n"));
+  m.def("bench_fma", &bench_fma, "time n simd_lanes-wide FMAs (microbenchmark)", py::arg("n"));
   m.attr("has_avx512") = kHaveAvx512;
   m.attr("has_avx2") = kHaveAvx2;
+  m.attr("simd_lanes") = kHaveAvx512 ? 16 : (kHaveAvx2 ? 8 : 0);
 }
