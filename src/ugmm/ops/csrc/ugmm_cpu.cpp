@@ -1537,11 +1537,19 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
                   g.scalar_type() == x.scalar_type() && y.scalar_type() == x.scalar_type(),
               "ugmm cpu kernel: grad and output must be contiguous (B, n_out) of the inputs' dtype");
   const int64_t B = x.size(0), n_out = mu.size(0), n_in = mu.size(1);
-  at::Tensor dx = need_x ? at::zeros_like(x) : at::Tensor();
-  at::Tensor dmu = need_params ? at::zeros_like(mu) : at::Tensor();
-  at::Tensor dsig = need_params ? at::zeros_like(mu) : at::Tensor();
-  at::Tensor dlw = need_params ? at::zeros_like(mu) : at::Tensor();
-  if (B == 0 || n_out == 0 || !(need_x || need_params)) return {dx, dmu, dsig, dlw};
+  // uninitialised: the zero-input path writes every gradient before adding to it, the vectorised dense
+  // backwards write the parameter gradients and add to dx, the portable one adds to all four; the dense
+  // branch below zeroes what its kernel adds to
+  at::Tensor dx = need_x ? at::empty_like(x) : at::Tensor();
+  at::Tensor dmu = need_params ? at::empty_like(mu) : at::Tensor();
+  at::Tensor dsig = need_params ? at::empty_like(mu) : at::Tensor();
+  at::Tensor dlw = need_params ? at::empty_like(mu) : at::Tensor();
+  if (B == 0 || n_out == 0 || !(need_x || need_params)) {
+    for (at::Tensor* t : {&dx, &dmu, &dsig, &dlw}) {
+      if (t->defined()) t->zero_();
+    }
+    return {dx, dmu, dsig, dlw};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ugmm_backward", [&] {
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     auto args = std::make_tuple(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(),
@@ -1552,6 +1560,12 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
     const bool simd = use_simd && kHaveSimd && std::is_same_v<scalar_t, float>;
     auto dense = [&](auto need_x_c, auto need_p_c) {
       constexpr bool NX = decltype(need_x_c)::value, NP = decltype(need_p_c)::value;
+      if (NX) dx.zero_();
+      if (NP && !simd) {  // the portable kernel adds to the parameter gradients
+        dmu.zero_();
+        dsig.zero_();
+        dlw.zero_();
+      }
 #ifdef __AVX512F__
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (simd) {
