@@ -151,6 +151,14 @@ def _cell(values: list) -> str:
     return f"{mean:.1f} +- {std:.1f}"
 
 
+def _seed_caption(records: list[dict], models: list[str]) -> str:
+    """The seeds as "seeds 0, 1, 2", or each model's seeds when they differ (results merged from several runs)."""
+    by_model = {m: sorted({r["seed"] for r in records if r["model"] == m}) for m in models}
+    if len({tuple(s) for s in by_model.values()}) == 1:
+        return "seeds " + ", ".join(map(str, next(iter(by_model.values()))))
+    return "seeds " + "; ".join(f"{', '.join(map(str, s))} ({m})" for m, s in by_model.items())
+
+
 def markdown(records: list[dict], hw: str, label: str | None) -> str:
     """Test accuracy (%) per table (rows) and model (columns), validation accuracy and failures below."""
     summary = summarise(records)
@@ -163,10 +171,9 @@ def markdown(records: list[dict], hw: str, label: str | None) -> str:
         row += [_cell(cells[m]["test"]) if m in cells else "-" for m in models]
         row += [_cell(cells[m]["val"]) if m in cells else "-" for m in models]
         lines.append("| " + " | ".join(row) + " |")
-    seeds = sorted({r["seed"] for r in records})
     lines += [
         "",
-        f"Mean +- sample std over seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation,"
+        f"Mean +- sample std over {_seed_caption(records, models)} (each seed: its own split and initialisation,"
         " the same for every model); defaults only"
         + (f" plus `{label}`" if label else "")
         + "."

@@ -93,3 +93,15 @@ def test_bad_table_spec_is_one_line(tmp_path):
         baselines.resolve_table("nothing_here", tmp_path)
     with pytest.raises(SystemExit, match="does not exist"):
         baselines.resolve_table(f"{tmp_path / 'x.csv'}:y", tmp_path)
+
+
+def test_merged_results_name_each_models_seeds_when_they_differ():
+    def run(model, seed):
+        return {"table": "iris", "model": model, "seed": seed, "status": "ok", "command": "python train.py",
+                "metrics": {"test/acc": 0.9, "val/acc": 0.9}}  # fmt: skip
+
+    same = [run(m, s) for m in ("ugmm", "mlp") for s in (0, 1)]
+    assert "over seeds 0, 1 (each seed" in baselines.markdown(same, "cpu", None)
+    merged = same + [run(m, s) for m in ("ugmm",) for s in (2, 3)]
+    text = baselines.markdown(merged, "cpu", None)
+    assert "over seeds 0, 1, 2, 3 (ugmm); 0, 1 (mlp) (each seed" in text
