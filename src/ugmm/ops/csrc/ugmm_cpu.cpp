@@ -309,9 +309,10 @@ void forward_dense_base2(const Base2Tables& t, float* y, int64_t B, int64_t n_ou
 // The frame of the vectorised dense backwards: tiles of kBwdRows live rows x NN neurons, rows in a fixed
 // number of blocks (two per thread, at least kMinTermsPerTask terms each) handed out dynamically; each block
 // owns its dx rows and its parameter sums P = (sum G z, sum G z^2, sum G), added up in block order at the end:
-// deterministic whichever thread ran which block. tile(rows, mu, is, c, row_ids, gl, yl, P, j0, n_pad), rows a
-// std::integral_constant (the tile's row count), adds the terms of rows row_ids[0..rows) x neurons j0..j0+NN
-// (gl / yl: g and y of each pair, 0 and 0 for a dead one) to dx and P. An n_out that is not a multiple of NN
+// deterministic whichever thread ran which block. tile(rows, mu, is, c, row_ids, gl, yl, P, j0, n_pad, k0, k1),
+// rows a std::integral_constant (the tile's row count), adds the terms of rows row_ids[0..rows) x neurons
+// j0..j0+NN x inputs k0..k1 (gl / yl: g and y of each pair, 0 and 0 for a dead one) to dx and P. An n_out
+// that is not a multiple of NN
 // is padded with neurons of c = -inf and g = 0 (no contribution).
 constexpr int64_t kBwdRows = 4;
 // inputs per sweep: a neuron pair's parameters and sums over them stay in L1 across the block's row tiles
@@ -349,36 +350,36 @@ void backward_dense_tiles(const float* g, const float* mu, const float* is, cons
     int64_t rows[kBwdRows];
     float gl[kBwdRows][NN], yl[kBwdRows][NN];
     for (int64_t k0 = 0; k0 < n_in; k0 += kBwdInputs) {
-    const int64_t k1 = std::min(n_in, k0 + kBwdInputs);
-    for (int64_t j0 = 0; j0 < n_pad; j0 += NN) {
-      int64_t nr = 0;
-      auto flush = [&]() {
-        static_assert(kBwdRows == 4, "one case per tile height");
-        switch (nr) {
-          case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-          case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-          case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-          case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-          default: break;
+      const int64_t k1 = std::min(n_in, k0 + kBwdInputs);
+      for (int64_t j0 = 0; j0 < n_pad; j0 += NN) {
+        int64_t nr = 0;
+        auto flush = [&]() {
+          static_assert(kBwdRows == 4, "one case per tile height");
+          switch (nr) {
+            case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+            case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+            case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+            case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+            default: break;
+          }
+          nr = 0;
+        };
+        for (int64_t b = b_lo; b < b_hi; ++b) {
+          bool any = false;
+          for (int64_t i = 0; i < NN; ++i) {
+            const int64_t j = j0 + i;
+            const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
+            const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
+            gl[nr][i] = live ? gg : 0.0f;
+            yl[nr][i] = live ? yy : 0.0f;
+            any = any || live;
+          }
+          if (!any) continue;  // nothing to add for these neurons
+          rows[nr++] = b;
+          if (nr == kBwdRows) flush();
         }
-        nr = 0;
-      };
-      for (int64_t b = b_lo; b < b_hi; ++b) {
-        bool any = false;
-        for (int64_t i = 0; i < NN; ++i) {
-          const int64_t j = j0 + i;
-          const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
-          const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
-          gl[nr][i] = live ? gg : 0.0f;
-          yl[nr][i] = live ? yy : 0.0f;
-          any = any || live;
-        }
-        if (!any) continue;  // nothing to add for these neurons
-        rows[nr++] = b;
-        if (nr == kBwdRows) flush();
+        flush();
       }
-      flush();
-    }
     }
   });
   if (NEED_P) {
@@ -719,7 +720,9 @@ float forward_row_exact_avx2(const float* __restrict xb, const float* __restrict
   if (!(M > neg_inf<float>())) return std::isnan(M) ? M : neg_inf<float>();  // every component dropped: log 0
   const __m256 Mv = _mm256_set1_ps(M), L = _mm256_set1_ps(kLog2e);
   __m256 acc = _mm256_setzero_ps();
-  for (int64_t k = 0; k < n_in; k += 8) acc = _mm256_add_ps(acc, exp2_avx2(_mm256_mul_ps(_mm256_sub_ps(q_at(k), Mv), L)));
+  for (int64_t k = 0; k < n_in; k += 8) {
+    acc = _mm256_add_ps(acc, exp2_avx2(_mm256_mul_ps(_mm256_sub_ps(q_at(k), Mv), L)));
+  }
   return M + std::log(reduce_add_avx2(acc));
 }
 
@@ -740,7 +743,7 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
   if (k < n_in) {  // the last n_in - k < 8 inputs: masked loads read 0, and C = -inf drops the other lanes
     const __m256i mk = tail_mask_avx2(n_in - k);
     const __m256 muv = _mm256_maskload_ps(mu + k, mk), av = _mm256_maskload_ps(a + k, mk);
-    const __m256 cv = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(C + k, mk), _mm256_castsi256_ps(mk));
+    const __m256 cv = load_avx2<true>(C + k, mk, _mm256_set1_ps(-INFINITY));
     for (int r = 0; r < NR; ++r) {
       const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + (b0 + r) * n_in + k, mk), muv), av);
       acc[r] = _mm256_add_ps(acc[r], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
@@ -820,12 +823,13 @@ void backward_dense_avx2(const float* g, const float* x, const float* mu, const 
   const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
                         const float (*gl)[kBwdNeuronsAvx2], const float (*yl)[kBwdNeuronsAvx2], float* P, int64_t j0,
                         int64_t n_pad, int64_t k0, int64_t k1) {
-    constexpr int NR = decltype(rows_c)::value;
+    constexpr int NR = decltype(rows_c)::value, NN = kBwdNeuronsAvx2;
+    const int64_t PN = n_pad * n_in;
     int64_t k = k0;
     for (; k + 8 <= k1; k += 8) {
-      bwd_step_avx2<NR, kBwdNeuronsAvx2, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+      bwd_step_avx2<NR, NN, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, PN, n_in, k);
     }
-    if (k < k1) bwd_step_avx2<NR, kBwdNeuronsAvx2, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad * n_in, n_in, k);
+    if (k < k1) bwd_step_avx2<NR, NN, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, PN, n_in, k);
   };
   backward_dense_tiles<kBwdNeuronsAvx2, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
@@ -1191,7 +1195,9 @@ inline void sparse_forward_row(const float* xb, const int32_t* nz, int64_t n, co
 #else
   constexpr int NV = 4;
   int64_t j0 = 0;
-  for (; j0 + 8 * NV <= n_out; j0 += 8 * NV) sparse_forward_block_avx2<NV, false>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
+  for (; j0 + 8 * NV <= n_out; j0 += 8 * NV) {
+    sparse_forward_block_avx2<NV, false>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
+  }
   if (j0 < n_out) sparse_forward_block_avx2<NV, true>(xb, nz, n, muT, aT, cT, n_out, j0, acc);
 #endif
 }
