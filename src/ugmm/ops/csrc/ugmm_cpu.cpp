@@ -129,6 +129,17 @@ void dynamic_for(int64_t n_tasks, int64_t min_tasks_per_thread, const F& f) {
   });
 }
 
+// The microbenchmarks of the limit (scripts/limit.py): body(i0, i1) runs iterations [i0, i1) on registers and
+// returns a checksum (so the compiler keeps the work); n iterations parallel over threads, checksums summed.
+template <typename F>
+double sum_over_threads(int64_t n, const F& body) {
+  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) { sums[at::get_thread_num()] += body(i0, i1); });
+  double s = 0;
+  for (double v : sums) s += v;
+  return s;
+}
+
 template <typename T>
 void forward_dense(const T* x, const T* mu, const T* is, const T* c, T* y, int64_t B, int64_t n_out,
                    int64_t n_in) {
@@ -579,11 +590,10 @@ void backward_dense_avx512(const float* g, const float* x, const float* mu, cons
   backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
 
-// microbenchmarks of the limit (scripts/limit.py): n vectors of 16 lanes through the kernel's exp2, and
-// n rounds of 16 independent FMA chains; both on registers, parallel over threads; returns a checksum
+// microbenchmarks of the limit: n vectors of 16 lanes through the kernel's exp2, and n rounds of 12
+// independent FMA chains
 double bench_exp2(int64_t n) {
-  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
-  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+  return sum_over_threads(n, [](int64_t i0, int64_t i1) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m512 t0 = _mm512_setr_ps(0, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15);
     __m512 t1 = _mm512_sub_ps(t0, _mm512_set1_ps(0.5f));
@@ -594,16 +604,12 @@ double bench_exp2(int64_t n) {
       t0 = _mm512_add_ps(t0, step);
       t1 = _mm512_add_ps(t1, step);
     }
-    sums[at::get_thread_num()] += _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)));
   });
-  double s = 0;
-  for (double v : sums) s += v;
-  return s;
 }
 
 double bench_fma(int64_t n) {
-  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
-  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+  return sum_over_threads(n, [](int64_t i0, int64_t i1) {
     __m512 acc[12];
     for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1.0f + i);
     const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
@@ -612,11 +618,8 @@ double bench_fma(int64_t n) {
     }
     __m512 s = acc[0];
     for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
-    sums[at::get_thread_num()] += _mm512_reduce_add_ps(s);
+    return static_cast<double>(_mm512_reduce_add_ps(s));
   });
-  double s = 0;
-  for (double v : sums) s += v;
-  return s;
 }
 constexpr bool kHaveAvx512 = true;
 #else
@@ -834,11 +837,9 @@ void backward_dense_avx2(const float* g, const float* x, const float* mu, const 
   backward_dense_tiles<kBwdNeuronsAvx2, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
 }
 
-// the microbenchmarks of the limit on 8 lanes (as the AVX-512 ones: n vectors through exp2_avx2, n rounds of
-// 12 independent FMA chains)
+// the microbenchmarks of the limit on 8 lanes (as the AVX-512 ones)
 double bench_exp2(int64_t n) {
-  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
-  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+  return sum_over_threads(n, [](int64_t i0, int64_t i1) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256 t0 = _mm256_setr_ps(0, -1, -2, -3, -4, -5, -6, -7);
     __m256 t1 = _mm256_sub_ps(t0, _mm256_set1_ps(0.5f));
@@ -849,16 +850,12 @@ double bench_exp2(int64_t n) {
       t0 = _mm256_add_ps(t0, step);
       t1 = _mm256_add_ps(t1, step);
     }
-    sums[at::get_thread_num()] += reduce_add_avx2(_mm256_add_ps(acc0, acc1));
+    return static_cast<double>(reduce_add_avx2(_mm256_add_ps(acc0, acc1)));
   });
-  double s = 0;
-  for (double v : sums) s += v;
-  return s;
 }
 
 double bench_fma(int64_t n) {
-  std::vector<double> sums(std::max(1, at::get_num_threads()), 0.0);
-  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+  return sum_over_threads(n, [](int64_t i0, int64_t i1) {
     __m256 acc[12];
     for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(1.0f + i);
     const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
@@ -867,11 +864,8 @@ double bench_fma(int64_t n) {
     }
     __m256 s = acc[0];
     for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
-    sums[at::get_thread_num()] += reduce_add_avx2(s);
+    return static_cast<double>(reduce_add_avx2(s));
   });
-  double s = 0;
-  for (double v : sums) s += v;
-  return s;
 }
 #else
 constexpr bool kHaveAvx2 = false;
@@ -893,6 +887,34 @@ inline float forward_row_exact_simd(const float* xb, const float* mu, const floa
   return forward_row_exact_avx2(xb, mu, is, c, n_in);
 #else
   (void)xb, (void)mu, (void)is, (void)c, (void)n_in;
+  TORCH_CHECK(false, "built without a vectorised path");
+#endif
+}
+
+// the dense forward and backward of the vectorised path (the arguments as forward_dense / backward_dense)
+inline void forward_dense_simd(const float* x, const float* mu, const float* is, const float* c, float* y, int64_t B,
+                               int64_t n_out, int64_t n_in) {
+#if defined(__AVX512F__)
+  forward_dense_avx512(x, mu, is, c, y, B, n_out, n_in);
+#elif defined(__AVX2__) && defined(__FMA__)
+  forward_dense_avx2(x, mu, is, c, y, B, n_out, n_in);
+#else
+  (void)x, (void)mu, (void)is, (void)c, (void)y, (void)B, (void)n_out, (void)n_in;
+  TORCH_CHECK(false, "built without a vectorised path");
+#endif
+}
+
+template <bool NEED_X, bool NEED_P>
+void backward_dense_simd(const float* g, const float* x, const float* mu, const float* is, const float* c,
+                         const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
+                         int64_t n_in) {
+#if defined(__AVX512F__)
+  backward_dense_avx512<NEED_X, NEED_P>(g, x, mu, is, c, y, dx, dmu, dsig, dlw, B, n_out, n_in);
+#elif defined(__AVX2__) && defined(__FMA__)
+  backward_dense_avx2<NEED_X, NEED_P>(g, x, mu, is, c, y, dx, dmu, dsig, dlw, B, n_out, n_in);
+#else
+  (void)g, (void)x, (void)mu, (void)is, (void)c, (void)y, (void)dx, (void)dmu, (void)dsig, (void)dlw;
+  (void)B, (void)n_out, (void)n_in;
   TORCH_CHECK(false, "built without a vectorised path");
 #endif
 }
@@ -1510,24 +1532,13 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& 
       forward_sparse<scalar_t>(x, mu, inv_sigma, c, y, simd, v);
       return;
     }
-#ifdef __AVX512F__
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (simd) {
-        forward_dense_avx512(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
-                             c.data_ptr<float>(), y.data_ptr<float>(), B, n_out, n_in);
-        return;
-      }
-    }
-#endif
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (simd) {
-        forward_dense_avx2(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
+        forward_dense_simd(x.data_ptr<float>(), mu.data_ptr<float>(), inv_sigma.data_ptr<float>(),
                            c.data_ptr<float>(), y.data_ptr<float>(), B, n_out, n_in);
         return;
       }
     }
-#endif
     forward_dense<scalar_t>(x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), inv_sigma.data_ptr<scalar_t>(),
                             c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), B, n_out, n_in);
   });
@@ -1572,22 +1583,12 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
         dsig.zero_();
         dlw.zero_();
       }
-#ifdef __AVX512F__
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (simd) {
-          std::apply(backward_dense_avx512<NX, NP>, args);
+          std::apply(backward_dense_simd<NX, NP>, args);
           return;
         }
       }
-#endif
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (simd) {
-          std::apply(backward_dense_avx2<NX, NP>, args);
-          return;
-        }
-      }
-#endif
       std::apply(backward_dense<scalar_t, NX, NP>, args);
     };
     using True = std::true_type;
