@@ -124,3 +124,28 @@ def test_signal_before_training_stops_at_once(tmp_path, monkeypatch):
     ):
         cli.train(cfg)
     assert time.monotonic() - start < 60 and signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_sigterm_after_the_callback_looked_still_saves_and_says_how_to_resume(tmp_path, monkeypatch):
+    """The race: a SIGTERM after Preemption's end-of-step look meets Lightning's own check first, whose
+    bare SystemExit would end the run with exit code 0 and no checkpoint."""
+    from lightning.pytorch import Callback
+
+    import ugmm.cli as cli
+    from ugmm.resume import TrainingInterruptedError
+    from ugmm_helpers import make_cfg
+
+    class SignalAfterPreemptionLooked(Callback):  # runs after Preemption: it comes later in the list
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    resume_callbacks = cli.resume_callbacks
+    monkeypatch.setattr(cli, "resume_callbacks", lambda: [*resume_callbacks(), SignalAfterPreemptionLooked()])
+    cfg = make_cfg([f"paths.log_dir={tmp_path}", "data=iris", "model.width=4", "logger=none", *QUIET])
+    with pytest.raises(
+        TrainingInterruptedError, match=r"interrupted by SIGTERM at epoch 0, step 3: saved .*last\.ckpt"
+    ):
+        cli.train(cfg)
+    (last,) = tmp_path.glob("train/runs/*/checkpoints/last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3

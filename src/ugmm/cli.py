@@ -45,7 +45,7 @@ from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
 from ugmm.overrides import check_plain_keys
 from ugmm.records import mean_std, write_job_metrics
-from ugmm.resume import check_resumable, requeued_checkpoint, resume_callbacks
+from ugmm.resume import check_resumable, interruptions_from, requeued_checkpoint, resume_callbacks
 from ugmm.tasks import fail, run_task
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
             log.info("data: %s", preprocessing)
         for logger in loggers:
             logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True)})
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with interruptions_from(callbacks):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = runs.floats(trainer.callback_metrics)
         best, best_ckpt = _best(trainer, metrics, cfg.monitor.metric)
         if cfg.get("test"):

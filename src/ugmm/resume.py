@@ -28,6 +28,8 @@ import logging
 import os
 import random
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +332,7 @@ class Preemption(Callback):
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         self.signals = tuple(signals)
         self.received: int | None = None
+        self.interruption: TrainingInterruptedError | None = None  # see on_exception
         self._previous: dict[int, Any] = {}
         self._training, self._epoch, self._step = False, 0, 0
 
@@ -347,7 +350,7 @@ class Preemption(Callback):
 
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return  # signals can only be handled in the main thread
-        self.received, self._training, self._epoch, self._step = None, False, 0, 0
+        self.received, self.interruption, self._training, self._epoch, self._step = None, None, False, 0, 0
         for signum in self.signals:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handler)
@@ -365,7 +368,14 @@ class Preemption(Callback):
         self._restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         self._restore()
+        if isinstance(exception, SIGTERMException) and self.received is not None and self._training:
+            # Lightning's own SIGTERM check won the race (the signal came after this callback's last look,
+            # e.g. between on_train_batch_end and the loop's end-of-step check): save here instead, and let
+            # the command line raise `interruption` in place of Lightning's silent SystemExit
+            self.interruption = self._save_and_describe(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         self._epoch, self._step = trainer.current_epoch, trainer.global_step
@@ -376,14 +386,31 @@ class Preemption(Callback):
         self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer: Trainer) -> None:
-        if self.received is None:
-            return
+        if self.received is not None:
+            raise self._save_and_describe(trainer)
+
+    def _save_and_describe(self, trainer: Trainer) -> TrainingInterruptedError:
         path = last_checkpoint_path(trainer)
         if path is not None:
             trainer.save_checkpoint(path, weights_only=False)
         for logger in trainer.loggers:
             logger.save()
-        raise TrainingInterruptedError(self.received, path, trainer.current_epoch, trainer.global_step)
+        return TrainingInterruptedError(self.received, path, trainer.current_epoch, trainer.global_step)
+
+
+@contextmanager
+def interruptions_from(callbacks: list[Callback]) -> Iterator[None]:
+    """Around ``trainer.fit``: Lightning's bare ``SIGTERMException`` (exit code 0) becomes the
+    :class:`TrainingInterruptedError` a :class:`Preemption` callback prepared for it."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException:
+        prepared = [c.interruption for c in callbacks if isinstance(c, Preemption) and c.interruption is not None]
+        if not prepared:
+            raise
+        raise prepared[0] from None
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path | None:
