@@ -9,7 +9,7 @@ other work, both see the same load.
     OMP_WAIT_POLICY=PASSIVE python scripts/kernel_ab.py --threads 2        # this build alone
 
 The baseline ``.so`` is any earlier build of ``csrc/ugmm_cpu.cpp`` (``scripts/benchmark.py --baseline-src``
-leaves main's in ``$TMPDIR/ugmm_benchmark_baseline_ext``); its entry points take no ``use_simd`` argument.
+leaves main's in ``$TMPDIR/ugmm_benchmark_baseline_ext``), with or without the ``use_simd`` argument.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def load_so(path: str):
     return module
 
 
+def _takes_use_simd(module) -> bool:
+    """Builds since the AVX2 kernels take a trailing ``use_simd`` argument; earlier ones do not."""
+    return "use_simd" in (module.forward.__doc__ or "")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -61,12 +66,13 @@ def main(argv=None) -> int:
     for name, x in inputs.items():
         y = after.forward(x, mu, inv, c, True, True)
         need_x = name == "dense"  # a hidden layer needs dx; MNIST's first layer only the parameters
+        simd = (True,) if before is not None and _takes_use_simd(before) else ()
         cases[f"{name} forward"] = (
-            (lambda x=x: before.forward(x, mu, inv, c, True)) if before else None,
+            (lambda x=x: before.forward(x, mu, inv, c, True, *simd)) if before else None,
             lambda x=x: after.forward(x, mu, inv, c, True, True),
         )
         cases[f"{name} backward"] = (
-            (lambda x=x, y=y, n=need_x: before.backward(g, x, mu, inv, c, y, n, True, True)) if before else None,
+            (lambda x=x, y=y, n=need_x: before.backward(g, x, mu, inv, c, y, n, True, True, *simd)) if before else None,
             lambda x=x, y=y, n=need_x: after.backward(g, x, mu, inv, c, y, n, True, True, True),
         )
     times = {k: ([], []) for k in cases}

@@ -738,10 +738,13 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
   int64_t k = 0;
   for (; k + 8 <= n_in; k += 8) {
     const __m256 muv = _mm256_loadu_ps(mu + k), av = _mm256_loadu_ps(a + k), cv = _mm256_loadu_ps(C + k);
+    __m256 t[NR];  // in stages over the rows, as bwd_step_avx2: independent exponentials in the window
     for (int r = 0; r < NR; ++r) {
       const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + (b0 + r) * n_in + k), muv), av);
-      acc[r] = _mm256_add_ps(acc[r], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+      t[r] = _mm256_fnmadd_ps(zz, zz, cv);
     }
+    for (int r = 0; r < NR; ++r) t[r] = exp2_avx2(t[r]);
+    for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_ps(acc[r], t[r]);
   }
   if (k < n_in) {  // the last n_in - k < 8 inputs: masked loads read 0, and C = -inf drops the other lanes
     const __m256i mk = tail_mask_avx2(n_in - k);
@@ -788,20 +791,31 @@ inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict
     cv[i] = load_avx2<TAIL>(c + o, mk, _mm256_set1_ps(-INFINITY));
     s0[i] = s1[i] = s2[i] = _mm256_setzero_ps();
   }
+  // In stages over all NR x NN (row, neuron) pairs rather than pair by pair: each pair is one long dependent
+  // chain (~60 cycles: z, q, the exponential's polynomial, G, the sums), and in source order the out-of-order
+  // window holds only two or three of them; stage by stage it holds independent work (the extra live values
+  // spill to L1, whose load and store ports are idle here).
+  __m256 z[NR][NN], G[NR][NN];
   for (int r = 0; r < NR; ++r) {
     const __m256 xv = load_avx2<TAIL>(x + rows[r] * n_in + k, mk);
+    for (int i = 0; i < NN; ++i) {
+      z[r][i] = _mm256_mul_ps(_mm256_sub_ps(xv, muv[i]), isv[i]);
+      const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z[r][i], _mm256_set1_ps(0.5f)), z[r][i], cv[i]);  // as q_avx2
+      G[r][i] = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(yl[r][i])), L);
+    }
+  }
+  for (int r = 0; r < NR; ++r) {
+    for (int i = 0; i < NN; ++i) G[r][i] = _mm256_mul_ps(exp2_avx2(G[r][i]), _mm256_set1_ps(gl[r][i]));
+  }
+  for (int r = 0; r < NR; ++r) {
     __m256 dxv = _mm256_setzero_ps();
     for (int i = 0; i < NN; ++i) {
-      const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, muv[i]), isv[i]);
-      const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z, _mm256_set1_ps(0.5f)), z, cv[i]);  // as q_avx2
-      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(yl[r][i])), L);
-      const __m256 G = _mm256_mul_ps(exp2_avx2(t), _mm256_set1_ps(gl[r][i]));
-      const __m256 Gz = _mm256_mul_ps(G, z);
+      const __m256 Gz = _mm256_mul_ps(G[r][i], z[r][i]);
       if (NEED_X) dxv = _mm256_fmadd_ps(Gz, isv[i], dxv);
       if (NEED_P) {
-        s0[i] = _mm256_add_ps(s0[i], G);
+        s0[i] = _mm256_add_ps(s0[i], G[r][i]);
         s1[i] = _mm256_add_ps(s1[i], Gz);
-        s2[i] = _mm256_fmadd_ps(Gz, z, s2[i]);
+        s2[i] = _mm256_fmadd_ps(Gz, z[r][i], s2[i]);
       }
     }
     if (NEED_X) {
