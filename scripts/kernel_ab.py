@@ -63,10 +63,10 @@ def main(argv=None) -> int:
     inv, c = _derived(sigma, torch.log_softmax(torch.rand(128, 784), 1))
     g = torch.randn(256, 128)
     cases = {}
+    simd = (True,) if before is not None and _takes_use_simd(before) else ()
     for name, x in inputs.items():
         y = after.forward(x, mu, inv, c, True, True)
         need_x = name == "dense"  # a hidden layer needs dx; MNIST's first layer only the parameters
-        simd = (True,) if before is not None and _takes_use_simd(before) else ()
         cases[f"{name} forward"] = (
             (lambda x=x: before.forward(x, mu, inv, c, True, *simd)) if before else None,
             lambda x=x: after.forward(x, mu, inv, c, True, True),
