@@ -418,3 +418,74 @@ def test_vectorised_backward_matches_the_portable_one(n_in, n_out, zeros):
                     assert torch.isfinite(got).all()
                     assert want.abs().max() > 0
                     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+# ---- the fused component parameters (sigma, log pi) -------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("std_param", ["exp", "softplus"])
+@pytest.mark.parametrize("with_drop", [False, True])
+def test_component_params_match_the_composite(dtype, std_param, with_drop):
+    from ugmm.ops.reference import component_params_reference
+
+    gen = torch.Generator().manual_seed(5)
+    # raw spans both softplus branches (threshold 20) and sigmas far below and above the floor
+    raw = (torch.randn(37, 53, generator=gen, dtype=dtype) * 8).requires_grad_()
+    logits = (torch.randn(37, 53, generator=gen, dtype=dtype) * 3).requires_grad_()
+    drop = torch.rand(37, 53, generator=gen) < 0.4 if with_drop else None
+    fused = cpu.component_params(raw, logits, drop, 0.1, std_param)
+    plain = component_params_reference(raw, logits, drop, 0.1, std_param)
+    rtol = 2e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fused[0], plain[0], rtol=rtol, atol=0)
+    torch.testing.assert_close(fused[1], plain[1], rtol=rtol, atol=rtol)  # -inf where dropped, in both
+    g_sig, g_lw = torch.randn(2, 37, 53, generator=gen, dtype=dtype)
+    for outputs_used in ((0, 1), (0,), (1,)):  # an unused output has no gradient
+        grads = []
+        for out in (fused, plain):
+            terms = [(out[0] * g_sig).sum(), (out[1].masked_fill(out[1].isinf(), 0) * g_lw).sum()]
+            loss = sum(terms[i] for i in outputs_used)
+            grads.append(torch.autograd.grad(loss, (raw, logits), retain_graph=True, materialize_grads=True))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=10 * rtol)
+
+
+def test_component_params_opcheck_and_gradcheck():
+    gen = torch.Generator().manual_seed(6)
+    raw = torch.randn(6, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(6, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    drop = torch.rand(6, 9, generator=gen) < 0.3
+    drop[:, 0] = False  # no neuron loses every component
+    for mask in (None, drop):
+        for softplus in (False, True):
+            torch.library.opcheck(torch.ops.ugmm.cpu_component_params.default, (raw, logits, mask, 0.1, softplus))
+            std_param = "softplus" if softplus else "exp"
+            # gradients through both outputs; dropped components' log pi (-inf) are masked out of the sum
+            fn = lambda r, lg, m=mask, p=std_param: [  # noqa: E731
+                t.masked_fill(t.isinf(), 0) for t in cpu.component_params(r, lg, m, 0.1, p)
+            ]
+            assert torch.autograd.gradcheck(fn, (raw, logits))
+    out = cpu.component_params(raw.detach(), logits.detach(), None, 0.1, "exp")
+    backward_args = (*torch.randn(2, 6, 9, dtype=torch.float64), raw.detach(), out[1], drop, False)
+    torch.library.opcheck(torch.ops.ugmm.cpu_component_params_backward.default, backward_args)
+
+
+def test_layer_forward_takes_the_fused_parameters_on_cpu_only():
+    """backend=cpu: one fused op for (sigma, log pi); backend=reference: the composite; same outputs, same grads."""
+    from ugmm.nn import uGMMLayer
+
+    torch.manual_seed(0)
+    fused = uGMMLayer(20, 7, dropout=0.3, std_floor=0.1, backend="cpu")
+    plain = uGMMLayer(20, 7, dropout=0.3, std_floor=0.1, backend="reference")
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(11, 20)
+    drop = torch.rand(7, 20) < 0.3
+    drop[:, 0] = False
+    outs = [layer(x, drop=drop) for layer in (fused, plain)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for out in outs:
+        out.sum().backward()
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    with torch.profiler.profile() as prof:
+        fused(x, drop=drop)
+    names = {e.name for e in prof.events()}
+    assert "ugmm::cpu_component_params" in names and "aten::_log_softmax" not in names

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 - the usual alias
 
-from ugmm.ops import BACKENDS, mixture_loglik
+from ugmm.ops import BACKENDS, component_params, mixture_loglik
+from ugmm.ops.reference import component_params_reference
 
 # sigma = std_floor + g(raw_std): exp (the reference's, unbounded growth, multiplicative steps) or
 # softplus (linear for large sigma, so Adam's steps on a wide component stay moderate)
@@ -151,14 +151,11 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
 
     def component_stds(self) -> torch.Tensor:
         """sigma after the floor, ``(n_nodes, n_nodes_in)``, differentiable (``stds`` is its detached view)."""
-        if self.std_param == "exp":
-            return self.std_floor + self.raw_std.exp()
-        return self.std_floor + F.softplus(self.raw_std)
+        return component_params_reference(self.raw_std, self.logits, None, self.std_floor, self.std_param)[0]
 
     def component_log_weights(self, drop: torch.Tensor | None = None) -> torch.Tensor:
         """log pi with the components in ``drop`` (a boolean mask, True = dropped) removed, differentiable."""
-        logits = self.logits if drop is None else self.logits.masked_fill(drop, float("-inf"))
-        return torch.log_softmax(logits, dim=-1)
+        return component_params_reference(self.raw_std, self.logits, drop, self.std_floor, self.std_param)[1]
 
     def sample_dropout_mask(self) -> torch.Tensor | None:
         """The mask of dropped components for one training step, or None when dropout is off."""
@@ -181,9 +178,10 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             drop = None
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(self.mean.dtype)
-            return mixture_loglik(
-                x, self.mean, self.component_stds(), self.component_log_weights(drop), backend=self.backend
+            stds, log_weights = component_params(
+                self.raw_std, self.logits, drop, self.std_floor, self.std_param, backend=self.backend
             )
+            return mixture_loglik(x, self.mean, stds, log_weights, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (

@@ -23,7 +23,7 @@ from functools import cache
 
 import torch
 
-from ugmm.ops.reference import mixture_loglik_reference
+from ugmm.ops.reference import component_params_reference, mixture_loglik_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 # the default of mixture_loglik's ``zero_inputs`` where the caller gives none; set only by zero_input_path()
@@ -111,6 +111,24 @@ def mixture_loglik(
     from ugmm.ops import triton
 
     return triton.mixture_loglik(x, means, stds, log_weights)
+
+
+def component_params(
+    raw_std: torch.Tensor,
+    logits: torch.Tensor,
+    drop: torch.Tensor | None,
+    std_floor: float,
+    std_param: str,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, log pi)`` of a layer's components from its raw parameters (see
+    :func:`~ugmm.ops.reference.component_params_reference`): one fused op each way on the cpu backend,
+    plain PyTorch on the others. Shapes (n_out, n_in); ``drop`` a boolean mask (True = dropped) or None."""
+    if _concrete_backend(backend, raw_std.device.type) == "cpu":
+        from ugmm.ops import cpu
+
+        return cpu.component_params(raw_std, logits, drop, std_floor, std_param)
+    return component_params_reference(raw_std, logits, drop, std_floor, std_param)
 
 
 def _assume_constant_result(fn):

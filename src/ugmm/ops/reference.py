@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -32,3 +33,18 @@ def _safe_logsumexp(q: torch.Tensor, dim: int) -> torch.Tensor:
     m = q.amax(dim=dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     return (q - m).exp().sum(dim=dim).log() + m.squeeze(dim)
+
+
+def component_params_reference(
+    raw_std: torch.Tensor, logits: torch.Tensor, drop: torch.Tensor | None, std_floor: float, std_param: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, log pi)`` of a layer's components from its raw parameters, all shapes (n_out, n_in).
+
+    sigma = std_floor + exp(raw_std) (``std_param="exp"``) or std_floor + softplus(raw_std) ("softplus");
+    log pi = log_softmax over inputs of ``logits`` with the components in ``drop`` (a boolean mask, True =
+    dropped, or None) at ``-inf``.
+    """
+    stds = std_floor + (raw_std.exp() if std_param == "exp" else F.softplus(raw_std))
+    if drop is not None:
+        logits = logits.masked_fill(drop, float("-inf"))
+    return stds, torch.log_softmax(logits, dim=-1)

@@ -1621,6 +1621,178 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
   return {dx, dmu, dsig, dlw};
 }
 
+// ---- component parameters: sigma and log pi from a layer's raw parameters, and the kernels' constants ------
+//
+//   sigma = floor + exp(raw)  (or floor + softplus(raw), torch's threshold 20),
+//   log pi[j, :] = log_softmax(logits[j, :] with the dropped components at -inf),
+//   inv_sigma = 1 / sigma,  c = log pi - log sigma - log sqrt(2 pi),
+// and the backward of the first two. One pass per row of neurons instead of a dozen elementwise torch ops each
+// way (with threads that sleep between ops, those cost a training step as much as the kernels did). exp and
+// log are bit tricks plus short polynomials in plain loops the compiler vectorises (no libm call per element;
+// relative error ~2e-7, float's own rounding of the sums they feed); float64 calls libm.
+
+inline float exp_poly(float x) {  // e^x; 0 below ~-88, inf above ~88.7, NaN for NaN
+  const float kShift = 12583039.0f;  // 1.5 * 2^23 + 127, as exp2_avx2
+  const float t = std::min(std::max(x * kLog2e, -127.0f), 128.0f);
+  const float nb = t + kShift;
+  const float f = t - (nb - kShift);
+  float p = 1.3308824791013127e-3f;
+  p = p * f + 9.671516403894739e-3f;
+  p = p * f + 5.55058245539046e-2f;
+  p = p * f + 2.4022242028837643e-1f;
+  p = p * f + 6.931470917132964e-1f;
+  p = p * f + 1.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &nb, sizeof bits);
+  bits <<= 23;  // 2^n: (n + 127) << 23; 0 at n = -127, inf at n = 128
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+inline double exp_poly(double x) { return std::exp(x); }
+
+// log x for a positive normal float: x = 2^e m, m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1),
+// |s| < 0.172, by its series to s^9 (the next term < 1e-9). Zero, subnormal, inf and NaN are left to log_fixup.
+inline float log_poly(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  int32_t e = static_cast<int32_t>((bits >> 23) & 0xff) - 127;
+  const uint32_t mbits = (bits & 0x7fffffu) | 0x3f800000u;
+  float m;
+  std::memcpy(&m, &mbits, sizeof m);
+  const bool high = m > 1.41421356f;
+  m = high ? 0.5f * m : m;
+  e += high ? 1 : 0;
+  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  const float series = 1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9))));
+  return static_cast<float>(e) * 0.6931471805599453f + 2.0f * s * series;
+}
+inline double log_poly(double x) { return std::log(x); }
+
+template <typename T>
+inline void log_fixup(const T* x, T* out, int64_t n) {  // the inputs log_poly does not cover
+  for (int64_t k = 0; k < n; ++k) {
+    if (!(x[k] >= std::numeric_limits<T>::min() && x[k] <= std::numeric_limits<T>::max())) out[k] = std::log(x[k]);
+  }
+}
+
+template <typename T>
+inline T softplus_of(T r) {
+  return r > T(20) ? r : std::log1p(std::exp(r));
+}
+
+constexpr double kLogSqrt2Pi = 0.91893853320467274178;
+
+inline int64_t row_grain(int64_t n_in) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n_in)); }
+
+// (sigma, log pi) of every component; drop: a (n_out, n_in) bool mask (True = dropped), or undefined for none
+std::vector<at::Tensor> component_params(const at::Tensor& raw_std, const at::Tensor& logits,
+                                         const std::optional<at::Tensor>& drop, double std_floor, bool softplus) {
+  TORCH_CHECK(raw_std.dim() == 2 && raw_std.sizes() == logits.sizes(), "component_params: raw_std and logits (n_out, n_in)");
+  TORCH_CHECK(raw_std.scalar_type() == logits.scalar_type(), "component_params: one dtype");
+  const at::Tensor raw = raw_std.contiguous(), lg = logits.contiguous();
+  const bool masked = drop.has_value() && drop->defined();
+  at::Tensor dm;
+  if (masked) {
+    TORCH_CHECK(drop->sizes() == raw.sizes() && drop->scalar_type() == at::kBool, "component_params: drop (n_out, n_in) bool");
+    dm = drop->contiguous();
+  }
+  at::Tensor sig = at::empty_like(raw), lw = at::empty_like(raw);
+  const int64_t n_out = raw.size(0), n_in = raw.size(1);
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "ugmm_component_params", [&] {
+    using T = scalar_t;
+    const T *pr = raw.data_ptr<T>(), *pl = lg.data_ptr<T>();
+    const bool* pd = masked ? dm.data_ptr<bool>() : nullptr;
+    T *ps = sig.data_ptr<T>(), *pw = lw.data_ptr<T>();
+    const T fl = static_cast<T>(std_floor);
+    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const T* r = pr + j * n_in;
+        T* sj = ps + j * n_in;
+        if (softplus) {
+          for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + softplus_of(r[k]);
+        } else {
+          for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + exp_poly(r[k]);
+        }
+        const T* l = pl + j * n_in;
+        T* w = pw + j * n_in;
+        const bool* d = pd ? pd + j * n_in : nullptr;
+        if (d) {
+          for (int64_t k = 0; k < n_in; ++k) w[k] = d[k] ? -std::numeric_limits<T>::infinity() : l[k];
+        } else {
+          std::copy(l, l + n_in, w);
+        }
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t k = 0; k < n_in; ++k) mx = w[k] > mx ? w[k] : mx;
+        T sum = 0;
+        for (int64_t k = 0; k < n_in; ++k) sum += exp_poly(w[k] - mx);
+        const T lse = mx + std::log(sum);
+        for (int64_t k = 0; k < n_in; ++k) w[k] -= lse;
+      }
+    });
+  });
+  return {sig, lw};
+}
+
+// (d raw_std, d logits) from (d sigma, d log pi); lw: the forward's log pi (dropped components at -inf)
+std::vector<at::Tensor> component_params_backward(const at::Tensor& g_sig, const at::Tensor& g_lw, const at::Tensor& raw_std,
+                                                  const at::Tensor& lw, const std::optional<at::Tensor>& drop,
+                                                  bool softplus) {
+  const at::Tensor gs = g_sig.contiguous(), gw = g_lw.contiguous(), raw = raw_std.contiguous(), w = lw.contiguous();
+  const bool masked = drop.has_value() && drop->defined();
+  const at::Tensor dm = masked ? drop->contiguous() : at::Tensor();
+  at::Tensor draw = at::empty_like(raw), dlogits = at::empty_like(raw);
+  const int64_t n_out = raw.size(0), n_in = raw.size(1);
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "ugmm_component_params_backward", [&] {
+    using T = scalar_t;
+    const T *pgs = gs.data_ptr<T>(), *pgw = gw.data_ptr<T>(), *pr = raw.data_ptr<T>(), *pw = w.data_ptr<T>();
+    const bool* pd = masked ? dm.data_ptr<bool>() : nullptr;
+    T *pdr = draw.data_ptr<T>(), *pdl = dlogits.data_ptr<T>();
+    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t o = j * n_in;
+        if (softplus) {  // torch's softplus_backward: g z / (z + 1), z = e^raw, or g above the threshold
+          for (int64_t k = 0; k < n_in; ++k) {
+            const T r = pr[o + k], z = std::exp(r);
+            pdr[o + k] = r > T(20) ? pgs[o + k] : pgs[o + k] * z / (z + T(1));
+          }
+        } else {
+          for (int64_t k = 0; k < n_in; ++k) pdr[o + k] = pgs[o + k] * exp_poly(pr[o + k]);
+        }
+        T total = 0;  // log_softmax's backward: g - softmax * sum(g), over every component as torch sums it
+        for (int64_t k = 0; k < n_in; ++k) total += pgw[o + k];
+        for (int64_t k = 0; k < n_in; ++k) pdl[o + k] = pgw[o + k] - exp_poly(pw[o + k]) * total;
+        if (pd) {
+          for (int64_t k = 0; k < n_in; ++k) pdl[o + k] = pd[o + k] ? T(0) : pdl[o + k];
+        }
+      }
+    });
+  });
+  return {draw, dlogits};
+}
+
+// (inv_sigma, c) the kernels read, in one pass
+std::vector<at::Tensor> derived(const at::Tensor& sigma, const at::Tensor& log_weights) {
+  const at::Tensor s = sigma.contiguous(), lw = log_weights.contiguous();
+  at::Tensor inv = at::empty_like(s), c = at::empty_like(s);
+  const int64_t n_out = s.size(0), n_in = s.size(1);
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "ugmm_derived", [&] {
+    using T = scalar_t;
+    const T *ps = s.data_ptr<T>(), *pw = lw.data_ptr<T>();
+    T *pi = inv.data_ptr<T>(), *pc = c.data_ptr<T>();
+    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+      const int64_t o = j0 * n_in, n = (j1 - j0) * n_in;
+      for (int64_t k = 0; k < n; ++k) pc[o + k] = log_poly(ps[o + k]);
+      log_fixup(ps + o, pc + o, n);
+      for (int64_t k = 0; k < n; ++k) {
+        pi[o + k] = T(1) / ps[o + k];
+        pc[o + k] = pw[o + k] - pc[o + k] - static_cast<T>(kLogSqrt2Pi);
+      }
+    });
+  });
+  return {inv, c};
+}
+
 // The background value the zero-input path would use for x, or None when it takes the dense path.
 std::optional<double> background(const at::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "ugmm cpu kernel: float32 or float64 only");
@@ -1641,6 +1813,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "uGMM log-likelihood backward: (dx, dmu, dsigma, dlog_weights)", py::arg("g"),
         py::arg("x"), py::arg("mu"), py::arg("inv_sigma"), py::arg("c"), py::arg("y"), py::arg("need_x"),
         py::arg("need_params"), py::arg("use_sparse") = true, py::arg("use_simd") = true);
+  m.def("component_params", &component_params, "(sigma, log pi) from (raw_std, logits, drop mask or None)",
+        py::arg("raw_std"), py::arg("logits"), py::arg("drop"), py::arg("std_floor"), py::arg("softplus"));
+  m.def("component_params_backward", &component_params_backward, "(d raw_std, d logits) of component_params",
+        py::arg("g_sigma"), py::arg("g_log_weights"), py::arg("raw_std"), py::arg("log_weights"), py::arg("drop"),
+        py::arg("softplus"));
+  m.def("derived", &derived, "(1 / sigma, log pi - log sigma - log sqrt(2 pi))", py::arg("sigma"),
+        py::arg("log_weights"));
   m.def("background", &background, "the zero-input path's background value of x, or None (dense path)",
         py::arg("x"));
   m.def("bench_exp2", &bench_exp2, "time n simd_lanes-wide exp2 evaluations (microbenchmark)", py::arg("n"));
