@@ -1685,6 +1685,51 @@ constexpr double kLogSqrt2Pi = 0.91893853320467274178;
 
 inline int64_t row_grain(int64_t n_in) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n_in)); }
 
+// one neuron's row of component_params (outside the dispatch macro: OpenMP pragmas cannot sit in a macro argument)
+template <typename T>
+void params_row(const T* __restrict r, const T* __restrict l, const bool* d, T fl, bool softplus, T* __restrict sj,
+                T* __restrict w, int64_t n_in) {
+  if (softplus) {
+    for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + softplus_of(r[k]);
+  } else {
+    for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + exp_poly(r[k]);
+  }
+  if (d) {
+    for (int64_t k = 0; k < n_in; ++k) w[k] = d[k] ? -std::numeric_limits<T>::infinity() : l[k];
+  } else {
+    std::copy(l, l + n_in, w);
+  }
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t k = 0; k < n_in; ++k) mx = std::max(mx, w[k]);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n_in; ++k) sum += exp_poly(w[k] - mx);
+  const T lse = mx + std::log(sum);
+  for (int64_t k = 0; k < n_in; ++k) w[k] -= lse;
+}
+
+// one neuron's row of component_params_backward
+template <typename T>
+void params_backward_row(const T* __restrict gs, const T* __restrict gw, const T* __restrict r, const T* __restrict w,
+                         const bool* d, bool softplus, T* __restrict dr, T* __restrict dl, int64_t n_in) {
+  if (softplus) {  // torch's softplus_backward: g z / (z + 1), z = e^raw, or g above the threshold
+    for (int64_t k = 0; k < n_in; ++k) {
+      const T z = std::exp(r[k]);
+      dr[k] = r[k] > T(20) ? gs[k] : gs[k] * z / (z + T(1));
+    }
+  } else {
+    for (int64_t k = 0; k < n_in; ++k) dr[k] = gs[k] * exp_poly(r[k]);
+  }
+  T total = 0;  // log_softmax's backward: g - softmax * sum(g), over every component as torch sums it
+#pragma omp simd reduction(+ : total)
+  for (int64_t k = 0; k < n_in; ++k) total += gw[k];
+  for (int64_t k = 0; k < n_in; ++k) dl[k] = gw[k] - exp_poly(w[k]) * total;
+  if (d) {
+    for (int64_t k = 0; k < n_in; ++k) dl[k] = d[k] ? T(0) : dl[k];
+  }
+}
+
 // (sigma, log pi) of every component; drop: a (n_out, n_in) bool mask (True = dropped), or undefined for none
 std::vector<at::Tensor> component_params(const at::Tensor& raw_std, const at::Tensor& logits,
                                          const std::optional<at::Tensor>& drop, double std_floor, bool softplus) {
@@ -1707,27 +1752,8 @@ std::vector<at::Tensor> component_params(const at::Tensor& raw_std, const at::Te
     const T fl = static_cast<T>(std_floor);
     at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
-        const T* r = pr + j * n_in;
-        T* sj = ps + j * n_in;
-        if (softplus) {
-          for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + softplus_of(r[k]);
-        } else {
-          for (int64_t k = 0; k < n_in; ++k) sj[k] = fl + exp_poly(r[k]);
-        }
-        const T* l = pl + j * n_in;
-        T* w = pw + j * n_in;
-        const bool* d = pd ? pd + j * n_in : nullptr;
-        if (d) {
-          for (int64_t k = 0; k < n_in; ++k) w[k] = d[k] ? -std::numeric_limits<T>::infinity() : l[k];
-        } else {
-          std::copy(l, l + n_in, w);
-        }
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t k = 0; k < n_in; ++k) mx = w[k] > mx ? w[k] : mx;
-        T sum = 0;
-        for (int64_t k = 0; k < n_in; ++k) sum += exp_poly(w[k] - mx);
-        const T lse = mx + std::log(sum);
-        for (int64_t k = 0; k < n_in; ++k) w[k] -= lse;
+        params_row(pr + j * n_in, pl + j * n_in, pd ? pd + j * n_in : nullptr, fl, softplus, ps + j * n_in,
+                   pw + j * n_in, n_in);
       }
     });
   });
@@ -1751,20 +1777,7 @@ std::vector<at::Tensor> component_params_backward(const at::Tensor& g_sig, const
     at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t o = j * n_in;
-        if (softplus) {  // torch's softplus_backward: g z / (z + 1), z = e^raw, or g above the threshold
-          for (int64_t k = 0; k < n_in; ++k) {
-            const T r = pr[o + k], z = std::exp(r);
-            pdr[o + k] = r > T(20) ? pgs[o + k] : pgs[o + k] * z / (z + T(1));
-          }
-        } else {
-          for (int64_t k = 0; k < n_in; ++k) pdr[o + k] = pgs[o + k] * exp_poly(pr[o + k]);
-        }
-        T total = 0;  // log_softmax's backward: g - softmax * sum(g), over every component as torch sums it
-        for (int64_t k = 0; k < n_in; ++k) total += pgw[o + k];
-        for (int64_t k = 0; k < n_in; ++k) pdl[o + k] = pgw[o + k] - exp_poly(pw[o + k]) * total;
-        if (pd) {
-          for (int64_t k = 0; k < n_in; ++k) pdl[o + k] = pd[o + k] ? T(0) : pdl[o + k];
-        }
+        params_backward_row(pgs + o, pgw + o, pr + o, pw + o, pd ? pd + o : nullptr, softplus, pdr + o, pdl + o, n_in);
       }
     });
   });
