@@ -489,3 +489,19 @@ def test_layer_forward_takes_the_fused_parameters_on_cpu_only():
         fused(x, drop=drop)
     names = {e.name for e in prof.events()}
     assert "ugmm::cpu_component_params" in names and "aten::_log_softmax" not in names
+
+
+@pytest.mark.parametrize("n_in,p", [(784, 0.2), (4, 0.7), (3, 0.99)])
+def test_dropout_mask_in_one_pass_is_the_composite_bit_for_bit(n_in, p):
+    """The fused mask equals the composite's (same draws, same rescues of neurons that lost every component)."""
+    from ugmm.ops.reference import dropout_mask_reference
+
+    gen = torch.Generator().manual_seed(n_in)
+    u = torch.rand(300, n_in, generator=gen)
+    rescue = torch.randint(n_in, (300, 1), generator=gen)
+    fused = cpu.dropout_mask(u, rescue, p)
+    assert torch.equal(fused, dropout_mask_reference(u, rescue, p))
+    assert not fused.all(dim=1).any()
+    if p > 0.9:  # some neurons drew all-dropped and were rescued
+        assert ((u < p).all(dim=1)).any()
+    torch.library.opcheck(torch.ops.ugmm.cpu_dropout_mask.default, (u, rescue, p))

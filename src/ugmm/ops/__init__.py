@@ -23,7 +23,7 @@ from functools import cache
 
 import torch
 
-from ugmm.ops.reference import component_params_reference, mixture_loglik_reference
+from ugmm.ops.reference import component_params_reference, dropout_mask_reference, mixture_loglik_reference
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 # the default of mixture_loglik's ``zero_inputs`` where the caller gives none; set only by zero_input_path()
@@ -131,6 +131,16 @@ def component_params(
     return component_params_reference(raw_std, logits, drop, std_floor, std_param)
 
 
+def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+    """Component dropout's mask from its draws (see :func:`~ugmm.ops.reference.dropout_mask_reference`):
+    one pass on CPU when the fused kernel is built, the same mask bit for bit."""
+    if u.device.type == "cpu" and u.dtype == torch.float32 and _cpu_kernel_built():
+        from ugmm.ops import cpu
+
+        return cpu.dropout_mask(u, rescue, p)
+    return dropout_mask_reference(u, rescue, p)
+
+
 def _assume_constant_result(fn):
     """``torch.compiler.assume_constant_result`` without its import of torch._dynamo (~3 s at startup).
 
@@ -139,6 +149,11 @@ def _assume_constant_result(fn):
     """
     fn._dynamo_marked_constant = True
     return fn
+
+
+@_assume_constant_result
+def _cpu_kernel_built() -> bool:
+    return backend_available("cpu", "cpu")
 
 
 @_assume_constant_result

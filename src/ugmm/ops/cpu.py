@@ -330,3 +330,14 @@ def component_params(
     if drop is not None and (drop.shape != raw_std.shape or drop.dtype != torch.bool):
         raise ValueError(f"component_params: drop must be a bool mask of shape {tuple(raw_std.shape)}")
     return _params_op(raw_std, logits, drop, float(std_floor), std_param == "softplus")
+
+
+@torch.library.custom_op("ugmm::cpu_dropout_mask", mutates_args=(), device_types="cpu")
+def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`ugmm.ops.reference.dropout_mask_reference` in one pass (float32 ``u``)."""
+    return _extension().dropout_mask(u, rescue.reshape(-1), p)
+
+
+@dropout_mask.register_fake
+def _(u, rescue, p):
+    return u.new_empty(u.shape, dtype=torch.bool)

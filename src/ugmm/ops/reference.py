@@ -48,3 +48,12 @@ def component_params_reference(
     if drop is not None:
         logits = logits.masked_fill(drop, float("-inf"))
     return stds, torch.log_softmax(logits, dim=-1)
+
+
+def dropout_mask_reference(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+    """Component dropout's boolean mask (True = dropped) from its draws: ``u`` (n_out, n_in) uniform, ``rescue``
+    (n_out, 1) a component index per neuron, kept when the neuron would lose every component."""
+    drop = u < p
+    dead = u.amax(dim=1, keepdim=True) < p  # = drop.all(dim=1): a float reduction, several times faster on CPU
+    revived = drop.gather(1, rescue) & ~dead
+    return drop.scatter(1, rescue, revived)
