@@ -50,7 +50,13 @@ def test_groups_ship_their_options():
 
 def test_defaults_are_the_paper_topology():
     cfg = make_cfg([])
-    assert (cfg.model._target_, cfg.model.width, cfg.model.depth, cfg.model.dropout) == ("ugmm.nn.uGMMNet", 128, 2, 0.2)
+    # width null: the data's suggestion, 128 for MNIST (the paper's 784-128-64-10)
+    assert (cfg.model._target_, cfg.model.width, cfg.model.depth, cfg.model.dropout) == (
+        "ugmm.nn.uGMMNet",
+        None,
+        2,
+        0.2,
+    )
     assert (cfg.data.name, cfg.loss._target_) == ("MNIST", "ugmm.modules.Classifier")
     assert (cfg.optimizer._target_, cfg.optimizer.lr) == ("torch.optim.Adam", 0.01)
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR" and cfg.scheduler.T_max is None

@@ -273,6 +273,27 @@ def test_null_max_epochs_trains_a_table_for_about_2000_steps():
         assert cfg.trainer[key] == value
 
 
+def test_null_width_is_the_data_suggestion_for_ugmm_and_mlp_alike():
+    """model.width=null: a table's networks are TABLE_WIDTH wide, MNIST's 128; explicit widths and width-less
+    models are left alone."""
+    from ugmm.builders import build_datamodule, resolve_model_width
+    from ugmm.data.mnist import MNISTDataModule
+    from ugmm.data.tabular import TABLE_WIDTH
+
+    for model in ("ugmm", "mlp"):
+        cfg = make_cfg(["data=iris", f"model={model}"])
+        assert cfg.model.width is None
+        resolve_model_width(cfg, build_datamodule(cfg.data))
+        assert cfg.model.width == TABLE_WIDTH
+        cfg = make_cfg(["data=iris", f"model={model}", "model.width=8"])
+        resolve_model_width(cfg, build_datamodule(cfg.data))
+        assert cfg.model.width == 8
+    cfg = make_cfg(["data=iris", "model=linear"])
+    resolve_model_width(cfg, build_datamodule(cfg.data))
+    assert "width" not in cfg.model
+    assert MNISTDataModule.suggested_width(object.__new__(MNISTDataModule)) == 128
+
+
 def test_the_default_run_trains_mnist_for_its_suggested_epochs():
     from ugmm.data.mnist import MNISTDataModule
 

@@ -124,6 +124,17 @@ def resolve_max_epochs(cfg: DictConfig, datamodule) -> None:
     log.info("trainer.max_epochs=null: %d epochs, the %s data's suggestion", epochs, type(datamodule).__name__)
 
 
+def resolve_model_width(cfg: DictConfig, datamodule) -> None:
+    """``model.width: null`` becomes the data's suggestion (MNIST family 128, tables 256), in ``cfg`` itself,
+    so the logged config and the checkpoints hold the number; models without a width are left alone."""
+    if "width" not in cfg.model or cfg.model.width is not None:
+        return
+    width = int(datamodule.suggested_width())
+    with open_dict(cfg):
+        cfg.model.width = width
+    log.info("model.width=null: %d, the %s data's suggestion", width, type(datamodule).__name__)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> Trainer:
     """``lightning.Trainer`` from the ``trainer`` node; its own argument checks become one-line errors.
 

@@ -146,6 +146,7 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
     with runs.quiet_lightning_advice():
         datamodule.prepare_data()  # missing data fails here, in one line, before anything is built
         builders.resolve_max_epochs(cfg, datamodule)
+        builders.resolve_model_width(cfg, datamodule)
         module = builders.build_module(cfg, datamodule)
         loggers = builders.build_loggers(cfg)
         callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))

@@ -51,7 +51,7 @@ def spec(**rule: Any) -> Any:
 
 @dataclass
 class ModelSchema:
-    width: int = spec(ge=1)
+    width: int | None = spec(ge=1)  # None: the data's suggestion (builders.resolve_model_width)
     depth: int = spec(ge=0)
     dropout: Any = spec(rates=True)
     std_floor: float = spec(ge=0.0)

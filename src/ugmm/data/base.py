@@ -277,6 +277,10 @@ class InMemoryDataModule(LightningDataModule):
         """How long a run trains when ``trainer.max_epochs`` is null and no ``trainer.max_steps`` is set."""
         raise NotImplementedError
 
+    def suggested_width(self) -> int:
+        """The first hidden layer's width when ``model.width`` is null: 128 (the paper's MNIST network)."""
+        return 128
+
     def validation_rows(self) -> int:
         """Rows of the validation split (``test_checkpoint=auto`` trusts a best checkpoint only on many)."""
         raise NotImplementedError

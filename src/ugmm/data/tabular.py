@@ -300,6 +300,9 @@ def _class_sort_key(label: str):
 # trainer.max_epochs=null: a table trains for about this many optimizer steps, and at least this many epochs
 TABLE_STEPS = 2000
 MIN_TABLE_EPOCHS = 20
+# model.width=null: a table's networks are this wide (hidden sizes 256, 128): chosen by 5-fold cross-validation
+# on the training rows of four tables (docs/results.md, "Tables")
+TABLE_WIDTH = 256
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -435,6 +438,10 @@ class TabularDataModule(InMemoryDataModule):
         run trains with ``trainer.max_epochs=null``, so a 150-row table gets as many updates as a large one."""
         steps_per_epoch = math.ceil(len(self.table.train) / self.batch_size)
         return max(MIN_TABLE_EPOCHS, math.ceil(TABLE_STEPS / steps_per_epoch))
+
+    def suggested_width(self) -> int:
+        """:data:`TABLE_WIDTH`: what ``model.width=null`` gives a table's uGMM-NN and MLP."""
+        return TABLE_WIDTH
 
     @property
     def n_features(self) -> int:
