@@ -489,6 +489,13 @@ def test_layer_forward_takes_the_fused_parameters_on_cpu_only():
         fused(x, drop=drop)
     names = {e.name for e in prof.events()}
     assert "ugmm::cpu_component_params" in names and "aten::_log_softmax" not in names
+    # training mode samples the mask: in one op on the cpu backend, by the composite on the reference one
+    for layer, fused_ops in ((fused, True), (plain, False)):
+        with torch.profiler.profile() as prof:
+            layer.train()(x)
+        names = {e.name for e in prof.events()}
+        assert ("ugmm::cpu_dropout_mask" in names) == fused_ops
+        assert ("ugmm::cpu_component_params" in names) == fused_ops
 
 
 @pytest.mark.parametrize("n_in,p", [(784, 0.2), (4, 0.7), (3, 0.99)])

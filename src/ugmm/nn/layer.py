@@ -13,18 +13,21 @@ from ugmm.ops.reference import component_params_reference
 STD_PARAMETERISATIONS = ("exp", "softplus")
 
 
-def component_dropout_mask(n_nodes: int, n_nodes_in: int, p: float, generator=None, device=None) -> torch.Tensor:
+def component_dropout_mask(
+    n_nodes: int, n_nodes_in: int, p: float, generator=None, device=None, backend: str = "auto"
+) -> torch.Tensor:
     """Boolean (n_nodes, n_nodes_in) mask of *dropped* components, never dropping a whole neuron.
 
     Each component is dropped independently with probability ``p`` (as in the paper's reference,
     one mask per step, shared by the whole batch). A neuron whose components were all dropped gets
     one of them back, chosen uniformly at random, so its log-density stays finite: the reference
     yields NaN there, which with 4-5 inputs (Iris) happens with probability p**N per neuron.
+    ``backend``: the op that turns the draws into the mask (a layer passes its own; the same mask either way).
     """
     u = torch.rand(n_nodes, n_nodes_in, generator=generator, device=device)
     # branch-free (no host sync on GPU): every row draws a rescue index, used only where all dropped
     rescue = torch.randint(n_nodes_in, (n_nodes, 1), generator=generator, device=device)
-    return dropout_mask(u, rescue, p)
+    return dropout_mask(u, rescue, p, backend=backend)
 
 
 class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
@@ -158,7 +161,9 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
         """The mask of dropped components for one training step, or None when dropout is off."""
         if not (self.training and self.dropout > 0.0):
             return None
-        return component_dropout_mask(self.n_nodes, self.n_nodes_in, self.dropout, device=self.logits.device)
+        return component_dropout_mask(
+            self.n_nodes, self.n_nodes_in, self.dropout, device=self.logits.device, backend=self.backend
+        )
 
     def forward(self, x: torch.Tensor, drop: torch.Tensor | bool | None = None) -> torch.Tensor:
         """Log-densities ``(B, n_nodes)`` of inputs ``x`` ``(B, n_nodes_in)``.

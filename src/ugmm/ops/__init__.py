@@ -131,10 +131,11 @@ def component_params(
     return component_params_reference(raw_std, logits, drop, std_floor, std_param)
 
 
-def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float, backend: str = "auto") -> torch.Tensor:
     """Component dropout's mask from its draws (see :func:`~ugmm.ops.reference.dropout_mask_reference`):
-    one pass on CPU when the fused kernel is built, the same mask bit for bit."""
-    if u.device.type == "cpu" and u.dtype == torch.float32 and _cpu_kernel_built():
+    one pass on the cpu backend, the same mask bit for bit; plain PyTorch on the others (``reference``
+    never builds the extension)."""
+    if u.dtype == torch.float32 and _concrete_backend(backend, u.device.type) == "cpu":
         from ugmm.ops import cpu
 
         return cpu.dropout_mask(u, rescue, p)
@@ -149,11 +150,6 @@ def _assume_constant_result(fn):
     """
     fn._dynamo_marked_constant = True
     return fn
-
-
-@_assume_constant_result
-def _cpu_kernel_built() -> bool:
-    return backend_available("cpu", "cpu")
 
 
 @_assume_constant_result
