@@ -258,6 +258,12 @@ constexpr double kLogMin<double> = -460.0;  // ~1e-200
 // ---- the frame of the vectorised dense forwards (AVX-512 and AVX2 below) ---------------------------------
 
 constexpr float kLog2e = 1.4426950408889634f;
+// The degree-5 2^t of the AVX2 kernels (exp2_avx2) and of the parameter passes (exp_poly): n = round(t) by adding
+// kExp2Shift = 1.5 * 2^23 + 127 (the low bits of t + kExp2Shift are then n + 127), 2^f for f in [-1/2, 1/2] from
+// kExp2Poly, highest degree first, fitted for relative error (2e-7 in float arithmetic; p(0) = 1 exactly).
+constexpr float kExp2Shift = 12583039.0f;
+constexpr float kExp2Poly[6] = {1.3308824791013127e-3f, 9.671516403894739e-3f, 5.55058245539046e-2f,
+                                2.4022242028837643e-1f, 6.931470917132964e-1f, 1.0f};
 constexpr int64_t kFwdRows = 4;  // rows per tile: the neuron's parameters are loaded once per vector for all
 
 // The per-neuron bound m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and the base-2
@@ -646,16 +652,12 @@ constexpr bool kHaveAvx2 = true;
 // clamped at -127, where the exponent field is 0 and so is 2^n: no mask needed. 2^f, f in [-1/2, 1/2], is a
 // degree-5 polynomial fitted for relative error (2e-7 in float arithmetic; p(0) = 1 exactly).
 inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
-  const __m256 kShift = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
+  const __m256 kShift = _mm256_set1_ps(kExp2Shift);
   t = _mm256_max_ps(_mm256_set1_ps(-127.0f), t);  // the second operand is returned for NaN: NaN stays NaN
   const __m256 nb = _mm256_add_ps(t, kShift);
   const __m256 f = _mm256_sub_ps(t, _mm256_sub_ps(nb, kShift));
-  __m256 p = _mm256_set1_ps(1.3308824791013127e-3f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.671516403894739e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.55058245539046e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242028837643e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931470917132964e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(nb), 23);  // 2^n: (n + 127) << 23, 0 for n = -127
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -1632,16 +1634,11 @@ std::vector<at::Tensor> backward(const at::Tensor& g, const at::Tensor& x, const
 // relative error ~2e-7, float's own rounding of the sums they feed); float64 calls libm.
 
 inline float exp_poly(float x) {  // e^x; 0 below ~-88, inf above ~88.7, NaN for NaN
-  const float kShift = 12583039.0f;  // 1.5 * 2^23 + 127, as exp2_avx2
   const float t = std::min(std::max(x * kLog2e, -127.0f), 128.0f);
-  const float nb = t + kShift;
-  const float f = t - (nb - kShift);
-  float p = 1.3308824791013127e-3f;
-  p = p * f + 9.671516403894739e-3f;
-  p = p * f + 5.55058245539046e-2f;
-  p = p * f + 2.4022242028837643e-1f;
-  p = p * f + 6.931470917132964e-1f;
-  p = p * f + 1.0f;
+  const float nb = t + kExp2Shift;
+  const float f = t - (nb - kExp2Shift);
+  float p = kExp2Poly[0];
+  for (int i = 1; i < 6; ++i) p = p * f + kExp2Poly[i];
   uint32_t bits;
   std::memcpy(&bits, &nb, sizeof bits);
   bits <<= 23;  // 2^n: (n + 127) << 23; 0 at n = -127, inf at n = 128
@@ -1683,7 +1680,6 @@ inline T softplus_of(T r) {
 
 constexpr double kLogSqrt2Pi = 0.91893853320467274178;
 
-inline int64_t row_grain(int64_t n_in) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n_in)); }
 
 // one neuron's row of component_params (outside the dispatch macro: OpenMP pragmas cannot sit in a macro argument)
 template <typename T>
@@ -1750,7 +1746,7 @@ std::vector<at::Tensor> component_params(const at::Tensor& raw_std, const at::Te
     const bool* pd = masked ? dm.data_ptr<bool>() : nullptr;
     T *ps = sig.data_ptr<T>(), *pw = lw.data_ptr<T>();
     const T fl = static_cast<T>(std_floor);
-    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+    at::parallel_for(0, n_out, grain(2 * n_in), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         params_row(pr + j * n_in, pl + j * n_in, pd ? pd + j * n_in : nullptr, fl, softplus, ps + j * n_in,
                    pw + j * n_in, n_in);
@@ -1774,7 +1770,7 @@ std::vector<at::Tensor> component_params_backward(const at::Tensor& g_sig, const
     const T *pgs = gs.data_ptr<T>(), *pgw = gw.data_ptr<T>(), *pr = raw.data_ptr<T>(), *pw = w.data_ptr<T>();
     const bool* pd = masked ? dm.data_ptr<bool>() : nullptr;
     T *pdr = draw.data_ptr<T>(), *pdl = dlogits.data_ptr<T>();
-    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+    at::parallel_for(0, n_out, grain(2 * n_in), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t o = j * n_in;
         params_backward_row(pgs + o, pgw + o, pr + o, pw + o, pd ? pd + o : nullptr, softplus, pdr + o, pdl + o, n_in);
@@ -1820,7 +1816,7 @@ std::vector<at::Tensor> derived(const at::Tensor& sigma, const at::Tensor& log_w
     using T = scalar_t;
     const T *ps = s.data_ptr<T>(), *pw = lw.data_ptr<T>();
     T *pi = inv.data_ptr<T>(), *pc = c.data_ptr<T>();
-    at::parallel_for(0, n_out, row_grain(n_in), [&](int64_t j0, int64_t j1) {
+    at::parallel_for(0, n_out, grain(2 * n_in), [&](int64_t j0, int64_t j1) {
       const int64_t o = j0 * n_in, n = (j1 - j0) * n_in;
       for (int64_t k = 0; k < n; ++k) pc[o + k] = log_poly(ps[o + k]);
       log_fixup(ps + o, pc + o, n);
