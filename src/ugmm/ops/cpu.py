@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 
-from ugmm.ops.reference import LOG_SQRT_2PI
-
 _SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
 # -fopenmp: at::parallel_for's OpenMP regions are compiled into this module; -march=native: the vector width
 # of this CPU (a second, portable build is tried if the compiler rejects it)
@@ -147,10 +145,7 @@ def is_available(device: torch.device | str = "cpu") -> bool:
 
 def _derived(stds: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(j, k) constants the kernels read: 1 / sigma and c = log pi - log sigma - log sqrt(2 pi)."""
-    extension = _extension()
-    if extension is None or not hasattr(extension, "derived"):
-        return stds.reciprocal().contiguous(), (log_weights - stds.log() - LOG_SQRT_2PI).contiguous()
-    return tuple(extension.derived(stds, log_weights))
+    return tuple(_extension().derived(stds, log_weights))
 
 
 def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> None:
