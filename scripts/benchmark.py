@@ -29,6 +29,7 @@ inputs (81% exact zeros, the rest uniform in (0, 1]). The JSON says which.
     python scripts/benchmark.py                        # full run on cuda if present, else cpu
     python scripts/benchmark.py --device cpu --out benchmark_cpu.json
     python scripts/benchmark.py --device cpu --threads 1     # one torch thread per case
+    python scripts/benchmark.py --device cpu --threads 1 --kernel-threads 2   # torch's ops on 1, the kernels on 2
     python scripts/benchmark.py --device cpu --backends cpu --sizes mnist --no-zero-inputs   # dense kernel
     python scripts/benchmark.py --quick                # tiny sizes, seconds (used by the tests)
     python scripts/benchmark.py --device cpu --sizes mnist mnist-dense --backends cpu --rounds 3 \
@@ -53,6 +54,7 @@ case again on another source tree (e.g. ``main``'s ``src``), interleaved, as ``<
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -152,8 +154,15 @@ def run_case(spec: dict) -> dict:
     from ugmm.nn import MLP, uGMMLayer, uGMMNet
 
     device = torch.device(spec["device"])
+    # the case's context managers, entered for the rest of this function (a bare ``cm.__enter__()`` is undone
+    # as soon as the garbage collector finalises the unreferenced generator)
+    switches = contextlib.ExitStack()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    if spec.get("kernel_threads"):
+        from ugmm.ops import kernel_threads
+
+        switches.enter_context(kernel_threads(spec["kernel_threads"]))
     if spec.get("kind") == "limit":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from limit import measure
@@ -163,7 +172,7 @@ def run_case(spec: dict) -> dict:
         try:
             from ugmm.ops import zero_input_path
 
-            zero_input_path(False).__enter__()  # for the whole of this one-case process
+            switches.enter_context(zero_input_path(False))
         except ImportError:  # an older source tree (--baseline-src): its module-level switch
             import ugmm.ops.cpu
 
@@ -307,6 +316,7 @@ def plan(args) -> list[dict]:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "threads": args.threads,
+        "kernel_threads": args.kernel_threads,
         "zero_input_path": not args.no_zero_inputs,
         "omp_wait_policy": args.omp_wait_policy,
     }
@@ -368,30 +378,35 @@ def keep_best(old: dict | None, new: dict) -> dict:
 
 
 def train_epochs(epochs: int, overrides: list[str], timeout: float, repeats: int = 2) -> dict:
-    """Wall time of ``python train.py trainer.max_epochs=N`` for N = 1 and ``epochs``, uGMM and the MLP.
+    """Epoch time of ``python train.py trainer.max_epochs=N``, uGMM and the MLP, from the run itself.
 
-    Per epoch: (t_N - t_1) / (N - 1); fixed cost of a run: t_1 - per epoch (startup, data, extension load).
-    Each run ``repeats`` times, the four kinds interleaved, keeping the fastest: one run on a shared machine
-    can be slowed by seconds.
+    Per epoch: the median of the run's own epoch times (``metrics.json``'s ``epoch_times_s``: training and
+    validation of one epoch) after the first; fixed cost of a run: its process's wall time less the sum of
+    its epochs (start-up, data, the extension's load, the test). A difference of whole-run wall times
+    (N epochs minus 1) put every start-up's scatter into the epoch. Each kind runs ``repeats`` times,
+    interleaved; the fastest per-epoch run is kept.
     """
-    out: dict = {"command": f"python train.py trainer.max_epochs=N {' '.join(overrides)}", "epochs": epochs}
+    out: dict = {"command": f"python train.py trainer.max_epochs={epochs} {' '.join(overrides)}", "epochs": epochs}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    times: dict = {"ugmm": {}, "mlp": {}}
     for _ in range(repeats):
         for model in ("ugmm", "mlp"):
             extra = ["model=mlp"] if model == "mlp" else []
-            for n in (1, epochs):
+            with tempfile.TemporaryDirectory(prefix="ugmm_benchmark_train_") as logs:
                 t0 = time.perf_counter()
                 proc = subprocess.run(
-                    [sys.executable, str(REPO / "train.py"), f"trainer.max_epochs={n}", *extra, *overrides],
+                    [sys.executable, str(REPO / "train.py"), f"trainer.max_epochs={epochs}", f"paths.log_dir={logs}",
+                     *extra, *overrides],
                     capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
                 )  # fmt: skip
+                wall = time.perf_counter() - t0
                 if proc.returncode != 0:
-                    raise RuntimeError(f"train.py ({model}, {n} epochs) failed:\n{proc.stderr[-2000:]}")
-                times[model][n] = min(times[model].get(n, float("inf")), time.perf_counter() - t0)
-    for model in ("ugmm", "mlp"):
-        per_epoch = (times[model][epochs] - times[model][1]) / (epochs - 1)
-        out[model] = {"wall_s": times[model], "per_epoch_s": per_epoch, "fixed_s": times[model][1] - per_epoch}
+                    raise RuntimeError(f"train.py ({model}, {epochs} epochs) failed:\n{proc.stderr[-2000:]}")
+                record = json.loads(next(Path(logs).rglob("metrics.json")).read_text())
+            times = record["epoch_times_s"]
+            per_epoch = statistics.median(times[1:] or times)
+            if model not in out or per_epoch < out[model]["per_epoch_s"]:
+                out[model] = {"epoch_times_s": times, "wall_s": wall, "per_epoch_s": per_epoch,
+                              "fixed_s": wall - sum(times)}  # fmt: skip
     out["epoch_vs_mlp"] = out["ugmm"]["per_epoch_s"] / out["mlp"]["per_epoch_s"]
     out["fixed_minus_mlp_s"] = out["ugmm"]["fixed_s"] - out["mlp"]["fixed_s"]
     return out
@@ -495,12 +510,14 @@ def main(argv=None) -> int:
         "--no-zero-inputs", action="store_true", help="cpu backend: dense kernel only (what the zero-input path buys)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
+    parser.add_argument("--kernel-threads", type=int, default=None,
+                        help="threads of the fused uGMM kernels alone (ugmm.ops.kernel_threads)")  # fmt: skip
     parser.add_argument("--limit", action="store_true", help="measure the limit (scripts/limit.py) as a case")
     parser.add_argument("--rounds", type=int, default=1, help="run the case list N times, keep each case's best")
     parser.add_argument("--baseline-src", default=None, help="another src tree (e.g. ../main/src): every case again")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of the cases ('' = inherit)")
     parser.add_argument("--epochs", nargs="?", type=int, const=4, default=None,
-                        help="also time python train.py for 1 and N (4) epochs, uGMM and model=mlp")  # fmt: skip
+                        help="also time python train.py, N (4) epochs, uGMM and model=mlp")  # fmt: skip
     parser.add_argument("--train-args", nargs="*", default=[], help="extra overrides for the train.py runs")
     parser.add_argument("--epoch-repeats", type=int, default=2, help="train.py runs of each kind (fastest kept)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
@@ -553,7 +570,7 @@ def main(argv=None) -> int:
     print_report(results, ratio, targets, console)
     train = None
     if args.epochs:
-        with console.status(f"train.py 1 and {args.epochs} epochs, uGMM and MLP"):
+        with console.status(f"train.py {args.epochs} epochs, uGMM and MLP"):
             train = train_epochs(args.epochs, args.train_args, args.timeout, args.epoch_repeats)
         console.print(
             f"[bold]train.py[/bold] per epoch: uGMM {train['ugmm']['per_epoch_s']:.2f} s, MLP"

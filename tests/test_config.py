@@ -235,6 +235,8 @@ BAD = [
     (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is out of range: must be in [0, 60000)"),
     (["data=iris", "trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range"),
     (["data=iris", "seed=-1"], "seed=-1 is out of range: must be >= 0"),
+    (["data=iris", "threads.torch=0"], "threads.torch=0 is out of range: must be >= 1"),
+    (["data=iris", "threads.kernels=two"], "threads.kernels=two is not an integer"),
     (["data=iris", "monitor.mode=best"], "monitor.mode=best is not allowed; choose one of: max, min"),
 ]
 

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from ugmm import ops
 from ugmm.nn import uGMMLayer
 from ugmm.ops import available_backends, mixture_loglik, mixture_loglik_reference, resolve_backend
 
@@ -130,6 +131,47 @@ def test_zero_input_path_context_manager_and_argument():
     import ugmm.ops
 
     assert ugmm.ops._zero_inputs_default is True
+
+
+def test_kernel_threads_sets_the_kernels_thread_count_only(monkeypatch):
+    """Inside ``kernel_threads(2)`` every extension call runs with 2 torch threads and torch's own ops keep 1."""
+    from ugmm.ops import kernel_threads
+
+    ext, seen = cpu._extension(), []
+
+    class Recorder:  # the extension, noting the thread count each kernel call sees
+        def __getattr__(self, name):
+            def call(*args):
+                seen.append((name, torch.get_num_threads()))
+                return getattr(ext, name)(*args)
+
+            return call
+
+    x, means, stds, log_weights = make_case(32, 8, 50, zeros=0.5, seed=4)
+    raw_std, logits = stds.log().requires_grad_(), log_weights.clone().requires_grad_()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = torch.autograd.grad(
+            mixture_loglik(x, means, *ops.component_params(raw_std, logits, None, 0.0, "exp", "cpu"), backend="cpu")
+            .sum(), (raw_std, logits),
+        )  # fmt: skip
+        monkeypatch.setattr(cpu, "_extension", lambda: Recorder())
+        with kernel_threads(2):
+            y = mixture_loglik(x, means, *ops.component_params(raw_std, logits, None, 0.0, "exp", "cpu"), backend="cpu")
+            assert torch.get_num_threads() == 1  # torch's own ops between the kernels
+            grads = torch.autograd.grad(y.sum(), (raw_std, logits))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    names = {name for name, _ in seen}
+    assert {"forward", "backward", "component_params", "component_params_backward"} <= names
+    assert all(n == 2 for _, n in seen) and after == 1
+    for a, b in zip(grads, expected, strict=True):  # the same gradients on more threads
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="kernel_threads needs n >= 1"), kernel_threads(0):
+        pass
+    assert ops._kernel_threads is None
 
 
 @pytest.mark.parametrize("zeros,n_in", [(0.8, 785), (0.6, 3)])

@@ -91,6 +91,10 @@ def test_resume_from_last(tmp_path):
     )
     # it continued from epoch 2 of the earlier run instead of starting over
     assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * steps_per_epoch
+    # each run times the epochs it trained itself, validation included
+    resumed_record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert len(first["epoch_times_s"]) == 2 and len(resumed_record["epoch_times_s"]) == 2
+    assert all(0 < t < first["wall_time_s"] for t in first["epoch_times_s"])
     # its metrics.csv is the whole history: the first run's rows of epochs 0-1 (copied, not trained
     # again: each epoch's validation row appears once), then epochs 2-3
     import csv
@@ -116,6 +120,15 @@ def test_same_seed_same_metrics(tmp_path):
     assert a["metrics"] == b["metrics"]
     _, c = _run(tmp_path, [*overrides[:-1], "seed=1"])
     assert c["metrics"] != a["metrics"]
+
+
+def test_thread_counts_change_speed_not_results(tmp_path):
+    overrides = ["data=iris", "model.width=6", "trainer.max_epochs=2", "logger=none", "seed=0"]
+    before = torch.get_num_threads()
+    _, default = _run(tmp_path, overrides)
+    _, split = _run(tmp_path, [*overrides, "threads.torch=1", "threads.kernels=2"])
+    assert split["metrics"] == default["metrics"]
+    assert torch.get_num_threads() == before  # the run's counts are undone when it ends
 
 
 def _last_state(record: dict) -> dict:

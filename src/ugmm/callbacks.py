@@ -1,12 +1,14 @@
-"""Lightning callbacks of the framework: figures of a trained uGMM model, saved and logged.
+"""Lightning callbacks of the framework: figures of a trained uGMM model, saved and logged; epoch times.
 
 Lightning code, so it lives outside :mod:`ugmm.nn`; the figures themselves come from :mod:`ugmm.plots`.
-Enable it with ``python train.py callbacks=plots`` (the default callbacks plus this one).
+Enable the figures with ``python train.py callbacks=plots`` (the default callbacks plus this one);
+:class:`EpochTimes` runs in every training run.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,32 @@ from ugmm.plots import (
     plot_training_curves,
 )
 from ugmm.uncertainty import expected_calibration_error, predictive_entropy
+
+
+class EpochTimes(Callback):
+    """Wall time of every training epoch, its validation included, in seconds.
+
+    ``times`` holds one entry per epoch this process trained (a resumed run: the epochs after the
+    checkpoint); each is also logged as ``time/epoch_s``. What ``metrics.json`` reports as
+    ``epoch_times_s``: an epoch's cost without the run's start-up (imports, data, the extension's load),
+    which a difference of whole-run wall times mixes in.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning calls this after the epoch's validation: the time covers both
+        if self._start is None:
+            return
+        seconds = time.perf_counter() - self._start
+        self._start = None
+        self.times.append(seconds)
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True, sync_dist=False)
 
 
 def figure_to_rgb(fig) -> np.ndarray:

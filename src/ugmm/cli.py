@@ -18,11 +18,13 @@ cross-validation (``data.cv_folds=k``) writes one record for its k folds: :func:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ugmm import builders, runs
+from ugmm.callbacks import EpochTimes
 from ugmm.config import (
     ConfigError,
     check_group_overrides,
@@ -43,6 +46,7 @@ from ugmm.containers import plain
 from ugmm.divergence import DivergenceGuard
 from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
+from ugmm.ops import kernel_threads
 from ugmm.overrides import check_plain_keys
 from ugmm.records import mean_std, write_job_metrics
 from ugmm.resume import check_resumable, interruptions_from, requeued_checkpoint, resume_callbacks
@@ -66,6 +70,22 @@ def _best(trainer, metrics: dict[str, float], monitor: str) -> tuple[float, str 
     raise ConfigError(f"monitor.metric={monitor} was never logged; logged metrics: {', '.join(metrics)}")
 
 
+@contextlib.contextmanager
+def cpu_threads(node) -> Iterator[None]:
+    """A run's ``threads.torch`` (torch's own ops) and ``threads.kernels`` (the fused uGMM kernels), restored
+    afterwards; null: torch's count as the run found it (one per core unless OMP_NUM_THREADS says)."""
+    before = torch.get_num_threads()
+    node = node or {}
+    torch_n, kernels_n = node.get("torch"), node.get("kernels")
+    if torch_n is not None:
+        torch.set_num_threads(torch_n)
+    try:
+        with kernel_threads(kernels_n or before):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class FitResult:
     """What one fit-and-test leaves: the best monitored value, its checkpoint and the final metrics."""
@@ -77,6 +97,7 @@ class FitResult:
     loggers: list
     tested: str = "best"  # which weights the test metrics are of: best (checkpoint) | last
     tested_ckpt: str | None = None  # their checkpoint (eval.py on it repeats the test metrics)
+    epoch_times_s: list[float] | None = None  # wall time of each epoch trained here, validation included
 
 
 def train(cfg: DictConfig) -> float:
@@ -109,6 +130,7 @@ def train(cfg: DictConfig) -> float:
         "metrics": {k: runs.json_number(v) for k, v in run.metrics.items()},
         "overrides": runs.hydra_overrides(),
         "wall_time_s": time.perf_counter() - start,
+        "epoch_times_s": [round(t, 4) for t in run.epoch_times_s or []],
         "best_ckpt": str(Path(run.best_ckpt).resolve()) if run.best_ckpt else None,
         "tested": run.tested,
         "tested_ckpt": str(Path(run.tested_ckpt).resolve()) if run.tested_ckpt else None,
@@ -150,7 +172,9 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
         module = builders.build_module(cfg, datamodule)
         loggers = builders.build_loggers(cfg)
         callbacks = builders.build_callbacks(cfg, has_logger=bool(loggers))
-        callbacks += [DivergenceGuard(), *resume_callbacks()]  # NaN loss stops at once; exact resume, preemption
+        epoch_times = EpochTimes()
+        # NaN loss stops at once; exact resume, preemption; epoch times for metrics.json
+        callbacks += [DivergenceGuard(), *resume_callbacks(), epoch_times]
         test_checkpoint, callbacks = builders.resolve_test_checkpoint(cfg, datamodule, callbacks)
         trainer = builders.build_trainer(cfg, callbacks, loggers)
         if one_device and trainer.world_size > 1:
@@ -162,19 +186,22 @@ def _fit_and_test(cfg: DictConfig, datamodule, ckpt_path: str | None, one_device
             log.info("data: %s", preprocessing)
         for logger in loggers:
             logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True)})
-        with interruptions_from(callbacks):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics = runs.floats(trainer.callback_metrics)
-        best, best_ckpt = _best(trainer, metrics, cfg.monitor.metric)
-        if cfg.get("test"):
-            tested = best_ckpt if test_checkpoint == "best" else None  # None: the weights training ended with
-            trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
-            metrics.update(runs.floats(trainer.callback_metrics))
+        with cpu_threads(cfg.get("threads")):
+            with interruptions_from(callbacks):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            metrics = runs.floats(trainer.callback_metrics)
+            best, best_ckpt = _best(trainer, metrics, cfg.monitor.metric)
+            if cfg.get("test"):
+                tested = best_ckpt if test_checkpoint == "best" else None  # None: the weights training ended with
+                trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
+                metrics.update(runs.floats(trainer.callback_metrics))
     metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
     # the un-monitored checkpoint callback (callbacks.last_checkpoint) holds the weights training ended with
     last_ckpt = next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None), None) or None
     tested_ckpt = best_ckpt if test_checkpoint == "best" else last_ckpt
-    return FitResult(best, best_ckpt, metrics, trainer.is_global_zero, loggers, test_checkpoint, tested_ckpt)
+    return FitResult(
+        best, best_ckpt, metrics, trainer.is_global_zero, loggers, test_checkpoint, tested_ckpt, epoch_times.times
+    )
 
 
 def cross_validate(cfg: DictConfig, k: int, start: float | None = None) -> float:
@@ -296,7 +323,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         module = MODULES[hparams["loss"]].load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         trainer = builders.build_trainer(cfg, [], builders.build_loggers(cfg))
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with cpu_threads(cfg.get("threads")):
+            trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: v for k, v in runs.floats(trainer.callback_metrics).items() if k.startswith("test/")}
     summary = {
         "status": "ok",

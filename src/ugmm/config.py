@@ -114,6 +114,12 @@ class RunSchema:
 
 
 @dataclass
+class ThreadsSchema:
+    torch: int | None = spec(ge=1)
+    kernels: int | None = spec(ge=1)
+
+
+@dataclass
 class TrainerSchema:
     max_epochs: int | None = spec(ge=-1, not_zero=True)
 
@@ -323,6 +329,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_optimizer(cfg)
     check_node(cfg.monitor, RunSchema, "monitor.")
     check_node(cfg, RunSchema, "")
+    check_node(cfg.get("threads"), ThreadsSchema, "threads.")
     check_node(cfg.get("trainer"), TrainerSchema, "trainer.")
     validate_data(cfg)
 
@@ -331,6 +338,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
     """Checks for ``eval.py``: the checkpoint is named and, when a data group is given, the data."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path is required: give ckpt_path=<file.ckpt> or ckpt_path=last")
+    check_node(cfg.get("threads"), ThreadsSchema, "threads.")
     check_node(cfg.get("trainer"), TrainerSchema, "trainer.")
     if cfg.get("data") is not None:
         validate_data(cfg)

@@ -28,6 +28,8 @@ from ugmm.ops.reference import component_params_reference, dropout_mask_referenc
 BACKENDS = ("auto", "reference", "cpu", "triton")
 # the default of mixture_loglik's ``zero_inputs`` where the caller gives none; set only by zero_input_path()
 _zero_inputs_default = True
+# threads of the fused CPU kernels; None: torch's own count. Set only by kernel_threads()
+_kernel_threads: int | None = None
 # fastest first, per device type
 _PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
@@ -82,6 +84,27 @@ def zero_input_path(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _zero_inputs_default = before
+
+
+@contextlib.contextmanager
+def kernel_threads(n: int | None) -> Iterator[None]:
+    """Within the block, the fused CPU kernels run on ``n`` threads, whatever ``torch.get_num_threads()`` says.
+
+    ``with kernel_threads(2): torch.set_num_threads(1); train()`` runs torch's own ops on one thread and
+    the uGMM kernels on two. On a small model every op that wakes the sleeping OpenMP threads pays tens of
+    microseconds for it (``OMP_WAIT_POLICY=PASSIVE``), more than most ops gain; the kernels' parallel
+    regions are long enough to earn it (docs/performance.md, "Threads"). ``None``: torch's count.
+    Restored on exit, also after an exception.
+    """
+    global _kernel_threads
+    if n is not None and n < 1:
+        raise ValueError(f"kernel_threads needs n >= 1 (or None for torch's count), got {n}")
+    before = _kernel_threads
+    _kernel_threads = n
+    try:
+        yield
+    finally:
+        _kernel_threads = before
 
 
 def mixture_loglik(
@@ -171,6 +194,7 @@ __all__ = [
     "BACKENDS",
     "available_backends",
     "backend_available",
+    "kernel_threads",
     "mixture_loglik",
     "mixture_loglik_reference",
     "resolve_backend",

@@ -20,6 +20,7 @@ Backward, in closed form from the saved inputs and y, with r = exp(q - y) and G 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,8 @@ from functools import cache
 from pathlib import Path
 
 import torch
+
+import ugmm.ops
 
 _SOURCE = Path(__file__).with_name("csrc") / "ugmm_cpu.cpp"
 # -fopenmp: at::parallel_for's OpenMP regions are compiled into this module; -march=native: the vector width
@@ -148,6 +151,21 @@ def _derived(stds: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tenso
     return tuple(_extension().derived(stds, log_weights))
 
 
+@contextlib.contextmanager
+def _kernel_pool():
+    """torch's thread count set to :func:`ugmm.ops.kernel_threads`' for the kernel call inside (at::parallel_for
+    reads it), and back afterwards."""
+    n, before = ugmm.ops._kernel_threads, torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> None:
     if x.dim() != 2 or means.dim() != 2:
         raise ValueError(f"mixture_loglik expects x (B, n_in) and parameters (n_out, n_in), got {tuple(x.shape)}")
@@ -174,8 +192,9 @@ def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights
 def _forward_op(
     x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor, zero_inputs: bool
 ) -> torch.Tensor:
-    inv_sigma, c = _derived(stds, log_weights)
-    return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+    with _kernel_pool():
+        inv_sigma, c = _derived(stds, log_weights)
+        return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
 
 
 @_forward_op.register_fake
@@ -196,11 +215,12 @@ def _backward_op(
     zero_inputs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dmeans, dstds, dlog_weights); the ones not asked for are empty (0,) tensors."""
-    inv_sigma, c = _derived(stds, log_weights)
-    grads = _extension().backward(
-        grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
-        need_x, need_params, zero_inputs,
-    )  # fmt: skip
+    with _kernel_pool():
+        inv_sigma, c = _derived(stds, log_weights)
+        grads = _extension().backward(
+            grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
+            need_x, need_params, zero_inputs,
+        )  # fmt: skip
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
@@ -268,7 +288,8 @@ def mixture_loglik(
 def _params_op(
     raw_std: torch.Tensor, logits: torch.Tensor, drop: torch.Tensor | None, std_floor: float, softplus: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    stds, log_weights = _extension().component_params(raw_std, logits, drop, std_floor, softplus)
+    with _kernel_pool():
+        stds, log_weights = _extension().component_params(raw_std, logits, drop, std_floor, softplus)
     return stds, log_weights
 
 
@@ -286,9 +307,10 @@ def _params_backward_op(
     drop: torch.Tensor | None,
     softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    draw, dlogits = _extension().component_params_backward(
-        grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus
-    )
+    with _kernel_pool():
+        draw, dlogits = _extension().component_params_backward(
+            grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus
+        )
     return draw, dlogits
 
 
