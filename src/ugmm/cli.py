@@ -73,14 +73,18 @@ def _best(trainer, metrics: dict[str, float], monitor: str) -> tuple[float, str 
 @contextlib.contextmanager
 def cpu_threads(node) -> Iterator[None]:
     """A run's ``threads.torch`` (torch's own ops) and ``threads.kernels`` (the fused uGMM kernels), restored
-    afterwards; null: torch's count as the run found it (one per core unless OMP_NUM_THREADS says)."""
+    afterwards. Both null: nothing changes (the kernels follow torch's count, which DDP launchers lower per
+    process); ``threads.torch`` alone: the kernels keep the count the run found (one per core unless
+    OMP_NUM_THREADS says)."""
     before = torch.get_num_threads()
     node = node or {}
     torch_n, kernels_n = node.get("torch"), node.get("kernels")
+    if kernels_n is None and torch_n is not None:
+        kernels_n = before
     if torch_n is not None:
         torch.set_num_threads(torch_n)
     try:
-        with kernel_threads(kernels_n or before):
+        with kernel_threads(kernels_n):
             yield
     finally:
         torch.set_num_threads(before)
