@@ -33,9 +33,9 @@ class EpochTimes(Callback):
     """Wall time of every training epoch, its validation included, in seconds.
 
     ``times`` holds one entry per epoch this process trained (a resumed run: the epochs after the
-    checkpoint); each is also logged as ``time/epoch_s``. What ``metrics.json`` reports as
-    ``epoch_times_s``: an epoch's cost without the run's start-up (imports, data, the extension's load),
-    which a difference of whole-run wall times mixes in.
+    checkpoint). What ``metrics.json`` reports as ``epoch_times_s``: an epoch's cost without the run's
+    start-up (imports, data, the extension's load), which a difference of whole-run wall times mixes in.
+    Not sent to the loggers: a resumed run's metrics history stays row for row the uninterrupted run's.
     """
 
     def __init__(self) -> None:
@@ -52,7 +52,6 @@ class EpochTimes(Callback):
         seconds = time.perf_counter() - self._start
         self._start = None
         self.times.append(seconds)
-        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True, sync_dist=False)
 
 
 def figure_to_rgb(fig) -> np.ndarray:
