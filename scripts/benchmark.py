@@ -377,39 +377,55 @@ def keep_best(old: dict | None, new: dict) -> dict:
     return new if new["times"][what]["median_ms"] < old["times"][what]["median_ms"] else old
 
 
-def train_epochs(epochs: int, overrides: list[str], timeout: float, repeats: int = 2) -> dict:
+def train_epochs(
+    epochs: int, overrides: list[str], timeout: float, repeats: int = 2, baseline_src: str | None = None
+) -> dict:
     """Epoch time of ``python train.py trainer.max_epochs=N``, uGMM and the MLP, from the run itself.
 
     Per epoch: the median of the run's own epoch times (``metrics.json``'s ``epoch_times_s``: training and
     validation of one epoch) after the first; fixed cost of a run: its process's wall time less the sum of
     its epochs (start-up, data, the extension's load, the test). A difference of whole-run wall times
     (N epochs minus 1) put every start-up's scatter into the epoch. Each kind runs ``repeats`` times,
-    interleaved; the fastest per-epoch run is kept.
+    interleaved; the fastest per-epoch run is kept. ``baseline_src``: the same runs of that tree's
+    ``train.py`` too, each right after its twin, as ``ugmm@baseline`` and ``mlp@baseline``.
     """
     out: dict = {"command": f"python train.py trainer.max_epochs={epochs} {' '.join(overrides)}", "epochs": epochs}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    trees = [("", REPO)]
+    if baseline_src:
+        trees.append(("@baseline", Path(baseline_src).resolve().parent))
     for _ in range(repeats):
         for model in ("ugmm", "mlp"):
-            extra = ["model=mlp"] if model == "mlp" else []
-            with tempfile.TemporaryDirectory(prefix="ugmm_benchmark_train_") as logs:
-                t0 = time.perf_counter()
-                proc = subprocess.run(
-                    [sys.executable, str(REPO / "train.py"), f"trainer.max_epochs={epochs}", f"paths.log_dir={logs}",
-                     *extra, *overrides],
-                    capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
-                )  # fmt: skip
-                wall = time.perf_counter() - t0
-                if proc.returncode != 0:
-                    raise RuntimeError(f"train.py ({model}, {epochs} epochs) failed:\n{proc.stderr[-2000:]}")
-                record = json.loads(next(Path(logs).rglob("metrics.json")).read_text())
-            times = record["epoch_times_s"]
-            per_epoch = statistics.median(times[1:] or times)
-            if model not in out or per_epoch < out[model]["per_epoch_s"]:
-                out[model] = {"epoch_times_s": times, "wall_s": wall, "per_epoch_s": per_epoch,
-                              "fixed_s": wall - sum(times)}  # fmt: skip
-    out["epoch_vs_mlp"] = out["ugmm"]["per_epoch_s"] / out["mlp"]["per_epoch_s"]
-    out["fixed_minus_mlp_s"] = out["ugmm"]["fixed_s"] - out["mlp"]["fixed_s"]
+            for suffix, root in trees:
+                key = model + suffix
+                times, wall = _timed_train_run(root, model, epochs, overrides, timeout)
+                per_epoch = statistics.median(times[1:] or times)
+                if key not in out or per_epoch < out[key]["per_epoch_s"]:
+                    out[key] = {"epoch_times_s": times, "wall_s": wall, "per_epoch_s": per_epoch,
+                                "fixed_s": wall - sum(times)}  # fmt: skip
+    for suffix, _ in trees:
+        out["epoch_vs_mlp" + suffix] = out["ugmm" + suffix]["per_epoch_s"] / out["mlp" + suffix]["per_epoch_s"]
+        out["fixed_minus_mlp_s" + suffix] = out["ugmm" + suffix]["fixed_s"] - out["mlp" + suffix]["fixed_s"]
     return out
+
+
+def _timed_train_run(root: Path, model: str, epochs: int, overrides: list[str], timeout: float):
+    """(epoch times, process wall time) of one ``train.py`` run of the tree at ``root``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    extra = ["model=mlp"] if model == "mlp" else []
+    with tempfile.TemporaryDirectory(prefix="ugmm_benchmark_train_") as logs:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, str(root / "train.py"), f"trainer.max_epochs={epochs}", f"paths.log_dir={logs}",
+             *extra, *overrides],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=root,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{root}/train.py ({model}, {epochs} epochs) failed:\n{proc.stderr[-2000:]}")
+        record = json.loads(next(Path(logs).rglob("metrics.json")).read_text())
+    if "epoch_times_s" not in record:
+        raise RuntimeError(f"{root}/train.py records no epoch_times_s in metrics.json (a tree before EpochTimes)")
+    return record["epoch_times_s"], wall
 
 
 def ratios(results: list[dict]) -> dict:
@@ -571,12 +587,14 @@ def main(argv=None) -> int:
     train = None
     if args.epochs:
         with console.status(f"train.py {args.epochs} epochs, uGMM and MLP"):
-            train = train_epochs(args.epochs, args.train_args, args.timeout, args.epoch_repeats)
-        console.print(
-            f"[bold]train.py[/bold] per epoch: uGMM {train['ugmm']['per_epoch_s']:.2f} s, MLP"
-            f" {train['mlp']['per_epoch_s']:.2f} s: {train['epoch_vs_mlp']:.2f}x; fixed cost of a run: uGMM"
-            f" {train['ugmm']['fixed_s']:.1f} s, MLP {train['mlp']['fixed_s']:.1f} s"
-        )
+            train = train_epochs(args.epochs, args.train_args, args.timeout, args.epoch_repeats, args.baseline_src)
+        for suffix in ("", "@baseline") if args.baseline_src else ("",):
+            ugmm, mlp = train["ugmm" + suffix], train["mlp" + suffix]
+            console.print(
+                f"[bold]train.py{suffix}[/bold] per epoch: uGMM {ugmm['per_epoch_s']:.2f} s, MLP"
+                f" {mlp['per_epoch_s']:.2f} s: {train['epoch_vs_mlp' + suffix]:.2f}x; fixed cost"
+                f" of a run: uGMM {ugmm['fixed_s']:.1f} s, MLP {mlp['fixed_s']:.1f} s"
+            )
     report = {
         "threads": next((r["threads"] for r in results if "threads" in r), None),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
