@@ -138,10 +138,17 @@ class DensityModel(BaseModule):
             cond_nll = torch.nn.functional.cross_entropy(self(x), y)
             loss = nll + self.conditional_weight * cond_nll
             self.log("train/cond_nll", cond_nll.detach(), on_step=False, on_epoch=True)
-        self.train_nll.update(nlls.detach())
-        self.log("train/nll", self.train_nll, on_step=False, on_epoch=True, prog_bar=True)
+        self.train_nll.update(nlls.detach())  # logged once per epoch, by on_train_epoch_end
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # computed (and synchronised) once per epoch, as the classifier's training metrics: the value logging the
+        # metric object at every step gave, without a log() call per step
+        if not self.train_nll.update_called:
+            return  # no training batch this epoch
+        self.log("train/nll", self.train_nll.compute(), prog_bar=True, sync_dist=True)
+        self.train_nll.reset()
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
