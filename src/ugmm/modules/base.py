@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch import LightningModule
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, Metric
 
 from ugmm.containers import plain
 
@@ -215,6 +215,19 @@ class BaseModule(LightningModule):
         generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         x, y = sample(INIT_ROWS, generator)
         self.net.init_from_data(self.net_inputs(x.to(self.device), y.to(self.device)), generator=generator)
+
+    def _log_epoch_training_metrics(self, metrics: Mapping[str, Metric]) -> None:
+        """Log each training metric's epoch value once, computed (and synchronised across processes), and reset it.
+
+        Called from ``on_train_epoch_end`` with the metrics ``training_step`` only updates: the values logging
+        the metric objects at every step gave, without Lightning's bookkeeping of a ``log()`` call per metric
+        per step (~1 ms each on a 2-core CPU, a tenth of a uGMM-NN's MNIST step).
+        """
+        if not any(metric.update_called for metric in metrics.values()):
+            return  # no training batch this epoch
+        for name, metric in metrics.items():
+            self.log(name, metric.compute(), prog_bar=True, sync_dist=True)
+            metric.reset()
 
     def _log_best(self, acc: torch.Tensor) -> None:
         # the sanity check's few batches must not count as a best accuracy

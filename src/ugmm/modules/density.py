@@ -143,12 +143,7 @@ class DensityModel(BaseModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        # computed (and synchronised) once per epoch, as the classifier's training metrics: the value logging the
-        # metric object at every step gave, without a log() call per step
-        if not self.train_nll.update_called:
-            return  # no training batch this epoch
-        self.log("train/nll", self.train_nll.compute(), prog_bar=True, sync_dist=True)
-        self.train_nll.reset()
+        self._log_epoch_training_metrics({"train/nll": self.train_nll})
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
