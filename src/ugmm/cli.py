@@ -46,7 +46,7 @@ from ugmm.containers import plain
 from ugmm.divergence import DivergenceGuard
 from ugmm.integrations.wandb_logger import finish_wandb
 from ugmm.modules import MODULES
-from ugmm.ops import kernel_threads
+from ugmm.ops import kernel_threads, torch_threads
 from ugmm.overrides import check_plain_keys
 from ugmm.records import mean_std, write_job_metrics
 from ugmm.resume import check_resumable, interruptions_from, requeued_checkpoint, resume_callbacks
@@ -76,18 +76,12 @@ def cpu_threads(node) -> Iterator[None]:
     afterwards. Both null: nothing changes (the kernels follow torch's count, which DDP launchers lower per
     process); ``threads.torch`` alone: the kernels keep the count the run found (one per core unless
     OMP_NUM_THREADS says)."""
-    before = torch.get_num_threads()
     node = node or {}
     torch_n, kernels_n = node.get("torch"), node.get("kernels")
     if kernels_n is None and torch_n is not None:
-        kernels_n = before
-    if torch_n is not None:
-        torch.set_num_threads(torch_n)
-    try:
-        with kernel_threads(kernels_n):
-            yield
-    finally:
-        torch.set_num_threads(before)
+        kernels_n = torch.get_num_threads()
+    with torch_threads(torch_n), kernel_threads(kernels_n):
+        yield
 
 
 @dataclass

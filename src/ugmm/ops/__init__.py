@@ -87,6 +87,19 @@ def zero_input_path(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Within the block, torch's thread count is ``n`` (None: left as it is); on exit, what it was before."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def kernel_threads(n: int | None) -> Iterator[None]:
     """Within the block, the fused CPU kernels run on ``n`` threads, whatever ``torch.get_num_threads()`` says.
 
@@ -198,5 +211,6 @@ __all__ = [
     "mixture_loglik",
     "mixture_loglik_reference",
     "resolve_backend",
+    "torch_threads",
     "zero_input_path",
 ]

@@ -20,7 +20,6 @@ Backward, in closed form from the saved inputs and y, with r = exp(q - y) and G 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -151,19 +150,10 @@ def _derived(stds: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tenso
     return tuple(_extension().derived(stds, log_weights))
 
 
-@contextlib.contextmanager
 def _kernel_pool():
     """torch's thread count set to :func:`ugmm.ops.kernel_threads`' for the kernel call inside (at::parallel_for
     reads it), and back afterwards."""
-    n, before = ugmm.ops._kernel_threads, torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return ugmm.ops.torch_threads(ugmm.ops._kernel_threads)
 
 
 def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor) -> None:
