@@ -264,16 +264,24 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kExp2Shift = 12583039.0f;
 constexpr float kExp2Poly[6] = {1.3308824791013127e-3f, 9.671516403894739e-3f, 5.55058245539046e-2f,
                                 2.4022242028837643e-1f, 6.931470917132964e-1f, 1.0f};
+// The degree-4 2^f of the AVX2 dense loops (relative error 3e-6 in float arithmetic, fitted as above; p(0) = 1):
+// one FMA fewer per term, and 3e-6 is far inside the outputs' 1e-5 and the gradients' 1e-4.
+constexpr float kExp2Poly4[5] = {9.582852944731712e-3f, 5.5906426161527634e-2f, 2.4024099111557007e-1f,
+                                 6.931241750717163e-1f, 1.0f};
 constexpr int64_t kFwdRows = 4;  // rows per tile: the neuron's parameters are loaded once per vector for all
 
 // The per-neuron bound m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and the base-2
-// tables of the one-pass forward: a = inv_sigma sqrt(log2(e) / 2), C = (c - m[j]) log2(e).
+// tables of the one-pass forward: a = inv_sigma sqrt(log2(e) / 2), C = (c - m[j]) log2(e). n_rows >= n_out rows:
+// the ones past n_out are padding neurons (a = 0, C = -inf: no terms). (zz = x a - mu a in one fused
+// multiply-subtract would save an instruction per term, but rounding mu a costs 1e-4 of a term for sigma ~1e-3.)
 struct Base2Tables {
   std::vector<float> m, a, C;
 };
 
-inline Base2Tables base2_tables(const float* is, const float* c, int64_t n_out, int64_t n_in) {
-  Base2Tables t{std::vector<float>(n_out), std::vector<float>(n_out * n_in), std::vector<float>(n_out * n_in)};
+inline Base2Tables base2_tables(const float* is, const float* c, int64_t n_out, int64_t n_in, int64_t n_rows = -1) {
+  n_rows = std::max(n_rows, n_out);
+  Base2Tables t{std::vector<float>(n_out), std::vector<float>(n_rows * n_in, 0.0f),
+                std::vector<float>(n_rows * n_in, neg_inf<float>())};
   const float half_l = std::sqrt(0.5f * kLog2e);
   at::parallel_for(0, n_out, grain(4 * n_in), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
@@ -328,18 +336,22 @@ void forward_dense_base2(const Base2Tables& t, float* y, int64_t B, int64_t n_ou
 // owns its dx rows and its parameter sums P = (sum G z, sum G z^2, sum G), added up in block order at the end:
 // deterministic whichever thread ran which block. tile(rows, mu, is, c, row_ids, gl, yl, P, j0, n_pad, k0, k1),
 // rows a std::integral_constant (the tile's row count), adds the terms of rows row_ids[0..rows) x neurons
-// j0..j0+NN x inputs k0..k1 (gl / yl: g and y of each pair, 0 and 0 for a dead one) to dx and P. An n_out
-// that is not a multiple of NN
-// is padded with neurons of c = -inf and g = 0 (no contribution).
+// j0..j0+NN x inputs k0..k1 to dx and P. An n_out that is not a multiple of NN is padded with neurons of
+// c = -inf and g = 0 (no contribution).
+// Two kinds of tile. fast(b, j, gl, yl) is asked for every live pair (g != 0, y > -inf) with gl = g, yl = y:
+// true if `tile` takes it (fast may rewrite gl and yl into that tile's own per-pair scalars), false if only
+// `exact_tile` may: a row with such a pair goes to exact_tile with every neuron of the tile, and gl / yl = g / y
+// (0 and 0 for a dead pair). Dead pairs of `tile`'s rows get dead_g / dead_y.
 constexpr int64_t kBwdRows = 4;
 // inputs per sweep: a neuron pair's parameters and sums over them stay in L1 across the block's row tiles
 constexpr int64_t kBwdInputs = 256;
 constexpr int kBwdNeurons = 2;  // neurons per tile in both vectorised backwards
 
-template <int NN, bool NEED_P, typename Tile>
+template <int NN, bool NEED_P, typename Fast, typename Tile, typename ExactTile>
 void backward_dense_tiles(const float* g, const float* mu, const float* is, const float* c, const float* y,
                           float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out, int64_t n_in,
-                          const Tile& tile) {
+                          const Fast& fast, float dead_g, float dead_y, const Tile& tile,
+                          const ExactTile& exact_tile) {
   const int64_t n_pad = (n_out + NN - 1) / NN * NN, PN = n_pad * n_in;
   std::vector<float> pad;
   const float *mup = mu, *isp = is, *cp = c;
@@ -359,43 +371,60 @@ void backward_dense_tiles(const float* g, const float* mu, const float* is, cons
       1, std::min<int64_t>(2 * n_threads, n_rt / std::max<int64_t>(1, grain(kBwdRows * n_out * n_in))));
   std::unique_ptr<float[]> sums(NEED_P ? new float[n_blocks * 3 * PN] : nullptr);  // zeroed by each block's task
   float* const P = sums.get();
+  struct Rows {  // the rows of one tile being gathered, with their pairs' scalars
+    int64_t ids[kBwdRows];
+    float gl[kBwdRows][NN], yl[kBwdRows][NN];
+    int64_t n = 0;
+  };
   dynamic_for(n_blocks, 1, [&](int64_t blk) {
     const int64_t rt0 = n_rt * blk / n_blocks, rt1 = n_rt * (blk + 1) / n_blocks;
     float* Pt = NEED_P ? P + blk * 3 * PN : nullptr;
     if (NEED_P) std::fill(Pt, Pt + 3 * PN, 0.0f);
     const int64_t b_lo = rt0 * kBwdRows, b_hi = std::min(B, rt1 * kBwdRows);
-    int64_t rows[kBwdRows];
-    float gl[kBwdRows][NN], yl[kBwdRows][NN];
+    Rows fast_rows, exact_rows;
     for (int64_t k0 = 0; k0 < n_in; k0 += kBwdInputs) {
       const int64_t k1 = std::min(n_in, k0 + kBwdInputs);
       for (int64_t j0 = 0; j0 < n_pad; j0 += NN) {
-        int64_t nr = 0;
-        auto flush = [&]() {
+        auto flush = [&](Rows& t, const auto& run) {
           static_assert(kBwdRows == 4, "one case per tile height");
-          switch (nr) {
-            case 4: tile(std::integral_constant<int, 4>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-            case 3: tile(std::integral_constant<int, 3>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-            case 2: tile(std::integral_constant<int, 2>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
-            case 1: tile(std::integral_constant<int, 1>{}, mup, isp, cp, rows, gl, yl, Pt, j0, n_pad, k0, k1); break;
+          switch (t.n) {
+            case 4: run(std::integral_constant<int, 4>{}, mup, isp, cp, t.ids, t.gl, t.yl, Pt, j0, n_pad, k0, k1); break;
+            case 3: run(std::integral_constant<int, 3>{}, mup, isp, cp, t.ids, t.gl, t.yl, Pt, j0, n_pad, k0, k1); break;
+            case 2: run(std::integral_constant<int, 2>{}, mup, isp, cp, t.ids, t.gl, t.yl, Pt, j0, n_pad, k0, k1); break;
+            case 1: run(std::integral_constant<int, 1>{}, mup, isp, cp, t.ids, t.gl, t.yl, Pt, j0, n_pad, k0, k1); break;
             default: break;
           }
-          nr = 0;
+          t.n = 0;
         };
         for (int64_t b = b_lo; b < b_hi; ++b) {
-          bool any = false;
+          float ge[NN], ye[NN], gf[NN], yf[NN];
+          bool any = false, all_fast = true;
           for (int64_t i = 0; i < NN; ++i) {
             const int64_t j = j0 + i;
             const float gg = j < n_out ? g[b * n_out + j] : 0.0f, yy = j < n_out ? y[b * n_out + j] : 0.0f;
             const bool live = gg != 0.0f && yy > neg_inf<float>();  // y = -inf: every component dropped
-            gl[nr][i] = live ? gg : 0.0f;
-            yl[nr][i] = live ? yy : 0.0f;
+            ge[i] = live ? gg : 0.0f;
+            ye[i] = live ? yy : 0.0f;
+            gf[i] = live ? gg : dead_g;
+            yf[i] = live ? yy : dead_y;
+            if (live) all_fast = fast(b, j, gf[i], yf[i]) && all_fast;
             any = any || live;
           }
           if (!any) continue;  // nothing to add for these neurons
-          rows[nr++] = b;
-          if (nr == kBwdRows) flush();
+          Rows& t = all_fast ? fast_rows : exact_rows;
+          std::copy(all_fast ? gf : ge, (all_fast ? gf : ge) + NN, t.gl[t.n]);
+          std::copy(all_fast ? yf : ye, (all_fast ? yf : ye) + NN, t.yl[t.n]);
+          t.ids[t.n++] = b;
+          if (t.n == kBwdRows) {
+            if (all_fast) {
+              flush(t, tile);
+            } else {
+              flush(t, exact_tile);
+            }
+          }
         }
-        flush();
+        flush(fast_rows, tile);
+        flush(exact_rows, exact_tile);
       }
     }
   });
@@ -593,7 +622,9 @@ void backward_dense_avx512(const float* g, const float* x, const float* mu, cons
                         int64_t n_pad, int64_t k0, int64_t k1) {
     bwd_tile<decltype(rows_c)::value, NEED_X, NEED_P>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, n_pad, n_in, k0, k1);
   };
-  backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
+  const auto every_pair = [](int64_t, int64_t, float&, float&) { return true; };
+  backward_dense_tiles<kBwdNeurons, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, every_pair, 0.0f, 0.0f,
+                                            tile, tile);
 }
 
 // microbenchmarks of the limit: n vectors of 16 lanes through the kernel's exp2, and n rounds of 12
@@ -650,16 +681,21 @@ constexpr bool kHaveAvx2 = true;
 // 2^t for t <= ~0: exactly 0 below -126.5 (and for -inf), NaN for NaN. n = round(t) by the 1.5 * 2^23 trick with
 // the exponent bias folded in (the low bits of t + kShift are n + 127, shifted into the exponent field); t is
 // clamped at -127, where the exponent field is 0 and so is 2^n: no mask needed. 2^f, f in [-1/2, 1/2], is a
-// degree-5 polynomial fitted for relative error (2e-7 in float arithmetic; p(0) = 1 exactly).
-inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t) {
+// polynomial fitted for relative error: degree 5 (kExp2Poly, 2e-7) or 4 (kExp2Poly4, 3e-6). SIGNED: `sign`
+// (+0 or -0 in every lane) is OR-ed into 2^n, so the result carries it without a multiplication.
+template <int DEG = 5, bool SIGNED = false>
+inline __attribute__((always_inline)) __m256 exp2_avx2(__m256 t, __m256 sign = _mm256_setzero_ps()) {
+  static_assert(DEG == 4 || DEG == 5, "fitted degrees");
+  const float* poly = DEG == 5 ? kExp2Poly : kExp2Poly4;
   const __m256 kShift = _mm256_set1_ps(kExp2Shift);
   t = _mm256_max_ps(_mm256_set1_ps(-127.0f), t);  // the second operand is returned for NaN: NaN stays NaN
   const __m256 nb = _mm256_add_ps(t, kShift);
   const __m256 f = _mm256_sub_ps(t, _mm256_sub_ps(nb, kShift));
-  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
-  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
+  __m256 p = _mm256_set1_ps(poly[0]);
+  for (int i = 1; i <= DEG; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(nb), 23);  // 2^n: (n + 127) << 23, 0 for n = -127
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  const __m256 scale = _mm256_castsi256_ps(e);
+  return _mm256_mul_ps(p, SIGNED ? _mm256_or_ps(scale, sign) : scale);
 }
 
 inline float reduce_add_avx2(__m256 v) {
@@ -745,7 +781,7 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
       const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + (b0 + r) * n_in + k), muv), av);
       t[r] = _mm256_fnmadd_ps(zz, zz, cv);
     }
-    for (int r = 0; r < NR; ++r) t[r] = exp2_avx2(t[r]);
+    for (int r = 0; r < NR; ++r) t[r] = exp2_avx2<4>(t[r]);
     for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_ps(acc[r], t[r]);
   }
   if (k < n_in) {  // the last n_in - k < 8 inputs: masked loads read 0, and C = -inf drops the other lanes
@@ -754,7 +790,7 @@ inline void fwd_tile_avx2(const float* __restrict x, const float* __restrict mu,
     const __m256 cv = load_avx2<true>(C + k, mk, _mm256_set1_ps(-INFINITY));
     for (int r = 0; r < NR; ++r) {
       const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + (b0 + r) * n_in + k, mk), muv), av);
-      acc[r] = _mm256_add_ps(acc[r], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+      acc[r] = _mm256_add_ps(acc[r], exp2_avx2<4>(_mm256_fnmadd_ps(zz, zz, cv)));
     }
   }
   for (int r = 0; r < NR; ++r) out[r] = reduce_add_avx2(acc[r]);
@@ -772,8 +808,17 @@ void forward_dense_avx2(const float* x, const float* mu, const float* is, const 
   forward_dense_base2(t, y, B, n_out, n_in, tile, exact);
 }
 
-// AVX2 backward: bwd_tile on 8 lanes (see the AVX-512 kernels' comment), in the same frame
-// (backward_dense_tiles); kBwdNeuronsAvx2 neurons x 4 rows per 8 inputs, the parameter sums in registers over the rows.
+// AVX2 backward in the frame of backward_dense_tiles, kBwdNeuronsAvx2 neurons x 4 rows per 8 inputs, the parameter
+// sums in registers over the rows. Two tiles:
+// - fast (bwd_fast_step_avx2), every pair whose row did not underflow in the forward (y - m[j] >= kLogMin): in
+//   base 2 with the forward's tables, zz = (x - mu) a, and g folded into the exponent,
+//     G = g exp(q - y) = sign(g) 2^(C - zz^2 - o),   o = (y - m[j]) log2(e) - log2|g|   (per pair),
+//   so a term costs (x - mu) a, an FNMA, a subtraction, the degree-4 2^t (sign OR-ed into 2^n) and the four
+//   accumulations; with K = sqrt(2 / log2(e)) (z = K zz), sum G z = K sum G zz, sum G z^2 = K^2 sum G zz^2 and
+//   dx -= (2 / log2(e)) sum_j G zz a. Every magnitude in t is below ~100 for the terms that matter, so float's
+//   rounding of t costs ~1e-5 of a term at most.
+// - exact (bwd_step_avx2), rows with a pair that underflowed (its y came from forward_row_exact_avx2): natural
+//   units with q_avx2's instructions, so that exp(q - y) of such a row's lone dominant term is exactly 1.
 constexpr int kBwdNeuronsAvx2 = 2;
 template <int NR, int NN, bool NEED_X, bool NEED_P, bool TAIL>
 inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict x, const float* __restrict mu,
@@ -835,22 +880,116 @@ inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict
   }
 }
 
+// the fast tile's step (see above): sl = sign(g) as +0 / -0, ol = the pair's offset o (+inf for a dead pair: G = 0)
+template <int NR, int NN, bool NEED_X, bool NEED_P, bool TAIL>
+inline __attribute__((always_inline)) void bwd_fast_step_avx2(const float* __restrict x, const float* __restrict mu,
+                                                              const float* __restrict a, const float* __restrict C,
+                                                              const int64_t* rows, const float (*sl)[NN],
+                                                              const float (*ol)[NN], float* __restrict dx,
+                                                              float* __restrict P, int64_t j0, int64_t PN,
+                                                              int64_t n_in, int64_t k) {
+  const __m256i mk = TAIL ? tail_mask_avx2(n_in - k) : _mm256_set1_epi32(-1);
+  __m256 muv[NN], av[NN], cv[NN];
+  __m256 s1[NN], s2[NN], s0[NN];
+  for (int i = 0; i < NN; ++i) {
+    const int64_t o = (j0 + i) * n_in + k;
+    muv[i] = load_avx2<TAIL>(mu + o, mk);
+    av[i] = load_avx2<TAIL>(a + o, mk);
+    cv[i] = load_avx2<TAIL>(C + o, mk, _mm256_set1_ps(-INFINITY));
+    s0[i] = s1[i] = s2[i] = _mm256_setzero_ps();
+  }
+  // two rows at a time in stages (as bwd_step_avx2, with fewer live values: AVX2's 16 registers)
+  static_assert(NR <= 4, "tiles of at most kBwdRows rows");
+  for (int r0 = 0; r0 < NR; r0 += 2) {
+    constexpr int kStage = 2;
+    const int nr = NR - r0 < kStage ? NR - r0 : kStage;
+    __m256 zz[kStage][NN], G[kStage][NN];
+    for (int r = 0; r < nr; ++r) {
+      const __m256 xv = load_avx2<TAIL>(x + rows[r0 + r] * n_in + k, mk);
+      for (int i = 0; i < NN; ++i) {
+        zz[r][i] = _mm256_mul_ps(_mm256_sub_ps(xv, muv[i]), av[i]);
+        G[r][i] = _mm256_sub_ps(_mm256_fnmadd_ps(zz[r][i], zz[r][i], cv[i]), _mm256_set1_ps(ol[r0 + r][i]));
+      }
+    }
+    for (int r = 0; r < nr; ++r) {
+      for (int i = 0; i < NN; ++i) G[r][i] = exp2_avx2<4, true>(G[r][i], _mm256_set1_ps(sl[r0 + r][i]));
+    }
+    for (int r = 0; r < nr; ++r) {
+      __m256 dxv = _mm256_setzero_ps();
+      for (int i = 0; i < NN; ++i) {
+        const __m256 Gz = _mm256_mul_ps(G[r][i], zz[r][i]);
+        if (NEED_X) dxv = _mm256_fmadd_ps(Gz, av[i], dxv);
+        if (NEED_P) {
+          s0[i] = _mm256_add_ps(s0[i], G[r][i]);
+          s1[i] = _mm256_add_ps(s1[i], Gz);
+          s2[i] = _mm256_fmadd_ps(Gz, zz[r][i], s2[i]);
+        }
+      }
+      if (NEED_X) {
+        float* d = dx + rows[r0 + r] * n_in + k;
+        store_avx2<TAIL>(d, mk, _mm256_fnmadd_ps(dxv, _mm256_set1_ps(2.0f / kLog2e), load_avx2<TAIL>(d, mk)));
+      }
+    }
+  }
+  if (NEED_P) {  // in natural units, as the exact tile's
+    const __m256 K = _mm256_set1_ps(std::sqrt(2.0f / kLog2e)), K2 = _mm256_set1_ps(2.0f / kLog2e);
+    for (int i = 0; i < NN; ++i) {
+      float* p = P + (j0 + i) * n_in + k;
+      store_avx2<TAIL>(p, mk, _mm256_fmadd_ps(s1[i], K, load_avx2<TAIL>(p, mk)));
+      store_avx2<TAIL>(p + PN, mk, _mm256_fmadd_ps(s2[i], K2, load_avx2<TAIL>(p + PN, mk)));
+      store_avx2<TAIL>(p + 2 * PN, mk, _mm256_add_ps(load_avx2<TAIL>(p + 2 * PN, mk), s0[i]));
+    }
+  }
+}
+
 template <bool NEED_X, bool NEED_P>
 void backward_dense_avx2(const float* g, const float* x, const float* mu, const float* is, const float* c,
                          const float* y, float* dx, float* dmu, float* dsig, float* dlw, int64_t B, int64_t n_out,
                          int64_t n_in) {
-  const auto tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
-                        const float (*gl)[kBwdNeuronsAvx2], const float (*yl)[kBwdNeuronsAvx2], float* P, int64_t j0,
-                        int64_t n_pad, int64_t k0, int64_t k1) {
-    constexpr int NR = decltype(rows_c)::value, NN = kBwdNeuronsAvx2;
-    const int64_t PN = n_pad * n_in;
+  constexpr int NN = kBwdNeuronsAvx2;
+  const int64_t n_pad = (n_out + NN - 1) / NN * NN;
+  const Base2Tables t = base2_tables(is, c, n_out, n_in, n_pad);
+  // each pair's offset o, or +inf where the fast tile may not take it (its forward row underflowed)
+  std::vector<float> offset(B * n_out);
+  at::parallel_for(0, B, grain(16 * n_out), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t j = 0; j < n_out; ++j) {
+        const float gg = g[b * n_out + j], ym = y[b * n_out + j] - t.m[j];
+        offset[b * n_out + j] = ym >= kLogMin<float> ? ym * kLog2e - std::log2(std::fabs(gg)) : INFINITY;
+      }
+    }
+  });
+  const auto fast = [&](int64_t b, int64_t j, float& gl, float& yl) {
+    const float o = offset[b * n_out + j];
+    gl = std::copysign(0.0f, gl);
+    yl = o;
+    return o < INFINITY;
+  };
+  const auto fast_tile = [&](auto rows_c, const float* mup, const float*, const float*, const int64_t* rows,
+                             const float (*sl)[NN], const float (*ol)[NN], float* P, int64_t j0, int64_t n_pad_,
+                             int64_t k0, int64_t k1) {
+    constexpr int NR = decltype(rows_c)::value;
+    const int64_t PN = n_pad_ * n_in;
+    const float *a = t.a.data(), *C = t.C.data();
+    int64_t k = k0;
+    for (; k + 8 <= k1; k += 8) {
+      bwd_fast_step_avx2<NR, NN, NEED_X, NEED_P, false>(x, mup, a, C, rows, sl, ol, dx, P, j0, PN, n_in, k);
+    }
+    if (k < k1) bwd_fast_step_avx2<NR, NN, NEED_X, NEED_P, true>(x, mup, a, C, rows, sl, ol, dx, P, j0, PN, n_in, k);
+  };
+  const auto exact_tile = [&](auto rows_c, const float* mup, const float* isp, const float* cp, const int64_t* rows,
+                              const float (*gl)[NN], const float (*yl)[NN], float* P, int64_t j0, int64_t n_pad_,
+                              int64_t k0, int64_t k1) {
+    constexpr int NR = decltype(rows_c)::value;
+    const int64_t PN = n_pad_ * n_in;
     int64_t k = k0;
     for (; k + 8 <= k1; k += 8) {
       bwd_step_avx2<NR, NN, NEED_X, NEED_P, false>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, PN, n_in, k);
     }
     if (k < k1) bwd_step_avx2<NR, NN, NEED_X, NEED_P, true>(x, mup, isp, cp, rows, gl, yl, dx, P, j0, PN, n_in, k);
   };
-  backward_dense_tiles<kBwdNeuronsAvx2, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, tile);
+  backward_dense_tiles<NN, NEED_P>(g, mu, is, c, y, dmu, dsig, dlw, B, n_out, n_in, fast, 0.0f, INFINITY, fast_tile,
+                                   exact_tile);
 }
 
 // the microbenchmarks of the limit on 8 lanes (as the AVX-512 ones)
@@ -1031,6 +1170,14 @@ inline int64_t foreground(const T* xb, int64_t n_in, T v, I* nz) {
   return n;
 }
 
+// What the vectorised background backward reads, parameters transposed to (n_in, n_out): the AVX-512 loops take
+// mu, inv_sigma, c and each row's g and y (ge, ye: 0 where the row is not handled here); the AVX2 ones mu,
+// inv_sigma and the base-2 a, C (as the dense fast tile's) and each pair's sign of g (+0 / -0) and offset o.
+struct SparseBackwardTables {
+  const float *muT, *isT, *cT, *ge, *ye;
+  const float *aT, *CT, *sign, *offset;
+};
+
 #ifdef __AVX512F__
 // AVX-512 loops of the background path. Neurons are taken 16 NV at a time (NV vectors), so their sums stay
 // in registers over a row's (forward) or a column's (backward) foreground inputs; lanes past n_out are masked.
@@ -1156,55 +1303,58 @@ inline void sparse_forward_block_avx2(const float* __restrict xb, const int32_t*
       const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(xv, load_avx2<TAIL>(muT + at + 8 * v, mk[v])),
                                       load_avx2<TAIL>(aT + at + 8 * v, mk[v]));
       const __m256 cv = load_avx2<TAIL>(cT + at + 8 * v, mk[v], ninf);
-      a[v] = _mm256_add_ps(a[v], exp2_avx2(_mm256_fnmadd_ps(zz, zz, cv)));
+      a[v] = _mm256_add_ps(a[v], exp2_avx2<4>(_mm256_fnmadd_ps(zz, zz, cv)));
     }
   }
   for (int v = 0; v < NV; ++v) store_avx2<TAIL>(acc + j0 + 8 * v, mk[v], a[v]);
 }
 
-// column k's gradient sums over its foreground rows for neurons [j0, j0 + 8 NV) (as sparse_backward_block)
+// column k's gradient sums over its foreground rows for neurons [j0, j0 + 8 NV), in base 2 as the fast tile of the
+// dense AVX2 backward (bwd_fast_step_avx2): zz = (x - mu) a, G = sign(g) 2^(C - zz^2 - o) with the pair's offset o
+// (+inf where the row is not handled here: G = 0); every live pair here did not underflow (backward_sparse sends
+// rows that did to the dense path), so the magnitudes in t stay small. Sums in natural units at the end.
 template <int NV, bool NEED_X, bool NEED_P, bool TAIL>
 inline void sparse_backward_block_avx2(const int32_t* __restrict rows, const float* __restrict vals, int64_t nr,
-                                       const float* __restrict muk, const float* __restrict isk,
-                                       const float* __restrict ck, const float* __restrict ge,
-                                       const float* __restrict ye, int64_t n_out, int64_t j0, int64_t n_in,
+                                       const SparseBackwardTables& tab, int64_t n_out, int64_t j0, int64_t n_in,
                                        int64_t k, float* __restrict dx, float* __restrict amu,
                                        float* __restrict asig, float* __restrict alw) {
+  const int64_t at = k * n_out + j0;
   __m256i mk[NV];
-  __m256 mu[NV], is[NV], c[NV], smu[NV], ssig[NV], slw[NV];
+  __m256 mu[NV], a[NV], C[NV], s1[NV], s2[NV], s0[NV];
   for (int v = 0; v < NV; ++v) {
     mk[v] = tail_mask_avx2(n_out - j0 - 8 * v);
-    mu[v] = load_avx2<TAIL>(muk + j0 + 8 * v, mk[v]);
-    is[v] = load_avx2<TAIL>(isk + j0 + 8 * v, mk[v]);
-    c[v] = load_avx2<TAIL>(ck + j0 + 8 * v, mk[v], _mm256_set1_ps(-INFINITY));
-    smu[v] = ssig[v] = slw[v] = _mm256_setzero_ps();
+    mu[v] = load_avx2<TAIL>(tab.muT + at + 8 * v, mk[v]);
+    a[v] = load_avx2<TAIL>(tab.aT + at + 8 * v, mk[v]);
+    C[v] = load_avx2<TAIL>(tab.CT + at + 8 * v, mk[v], _mm256_set1_ps(-INFINITY));
+    s1[v] = s2[v] = s0[v] = _mm256_setzero_ps();
   }
-  const __m256 half = _mm256_set1_ps(0.5f), L = _mm256_set1_ps(kLog2e);
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t b = rows[r];
     const __m256 xv = _mm256_set1_ps(vals[r]);
-    const float *gb = ge + b * n_out + j0, *yb = ye + b * n_out + j0;
+    const float *sb = tab.sign + b * n_out + j0, *ob = tab.offset + b * n_out + j0;
     __m256 sx = _mm256_setzero_ps();
     for (int v = 0; v < NV; ++v) {
-      const __m256 z = _mm256_mul_ps(_mm256_sub_ps(xv, mu[v]), is[v]);
-      const __m256 q = _mm256_fnmadd_ps(_mm256_mul_ps(z, half), z, c[v]);  // as q_avx2
-      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(q, load_avx2<TAIL>(yb + 8 * v, mk[v])), L);
-      const __m256 G = _mm256_mul_ps(load_avx2<TAIL>(gb + 8 * v, mk[v]), exp2_avx2(t));
-      const __m256 Gs = _mm256_mul_ps(G, is[v]), Gzs = _mm256_mul_ps(Gs, z);
-      if (NEED_X) sx = _mm256_add_ps(sx, Gzs);
+      const __m256 zz = _mm256_mul_ps(_mm256_sub_ps(xv, mu[v]), a[v]);
+      const __m256 t = _mm256_sub_ps(_mm256_fnmadd_ps(zz, zz, C[v]),
+                                     load_avx2<TAIL>(ob + 8 * v, mk[v], _mm256_set1_ps(INFINITY)));
+      const __m256 G = exp2_avx2<4, true>(t, load_avx2<TAIL>(sb + 8 * v, mk[v]));
+      const __m256 Gz = _mm256_mul_ps(G, zz);
+      if (NEED_X) sx = _mm256_fmadd_ps(Gz, a[v], sx);
       if (NEED_P) {
-        smu[v] = _mm256_add_ps(smu[v], Gzs);
-        ssig[v] = _mm256_add_ps(ssig[v], _mm256_fmsub_ps(Gzs, z, Gs));
-        slw[v] = _mm256_add_ps(slw[v], G);
+        s1[v] = _mm256_add_ps(s1[v], Gz);
+        s2[v] = _mm256_fmadd_ps(Gz, zz, s2[v]);
+        s0[v] = _mm256_add_ps(s0[v], G);
       }
     }
-    if (NEED_X) dx[b * n_in + k] -= reduce_add_avx2(sx);
+    if (NEED_X) dx[b * n_in + k] -= (2.0f / kLog2e) * reduce_add_avx2(sx);
   }
-  if (NEED_P) {
+  if (NEED_P) {  // sum G z is = is K s1, sum (G z^2 - G) is = is (K^2 s2 - s0): z = K zz, K = sqrt(2 / log2(e))
+    const __m256 K = _mm256_set1_ps(std::sqrt(2.0f / kLog2e)), K2 = _mm256_set1_ps(2.0f / kLog2e);
     for (int v = 0; v < NV; ++v) {
-      store_avx2<TAIL>(amu + j0 + 8 * v, mk[v], smu[v]);
-      store_avx2<TAIL>(asig + j0 + 8 * v, mk[v], ssig[v]);
-      store_avx2<TAIL>(alw + j0 + 8 * v, mk[v], slw[v]);
+      const __m256 is = load_avx2<TAIL>(tab.isT + at + 8 * v, mk[v]);
+      store_avx2<TAIL>(amu + j0 + 8 * v, mk[v], _mm256_mul_ps(is, _mm256_mul_ps(K, s1[v])));
+      store_avx2<TAIL>(asig + j0 + 8 * v, mk[v], _mm256_mul_ps(is, _mm256_fmsub_ps(K2, s2[v], s0[v])));
+      store_avx2<TAIL>(alw + j0 + 8 * v, mk[v], s0[v]);
     }
   }
 }
@@ -1242,24 +1392,23 @@ inline void sparse_forward_row(const float* xb, const int32_t* nz, int64_t n, co
 
 // column k's gradient terms over its foreground rows (rows, vals: nr of them), every neuron
 template <bool NEED_X, bool NEED_P>
-inline void sparse_backward_column(const int32_t* rows, const float* vals, int64_t nr, const float* muk,
-                                   const float* isk, const float* ck, const float* ge, const float* ye, int64_t n_out,
-                                   int64_t n_in, int64_t k, float* dx, float* amu, float* asig, float* alw) {
+inline void sparse_backward_column(const int32_t* rows, const float* vals, int64_t nr, const SparseBackwardTables& tab,
+                                   int64_t n_out, int64_t n_in, int64_t k, float* dx, float* amu, float* asig,
+                                   float* alw) {
 #ifdef __AVX512F__
+  const int64_t at = k * n_out;
   for (int64_t j0 = 0; j0 < n_out; j0 += 16 * kSparseVectors) {
-    sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
-                                                          dx, amu, asig, alw);
+    sparse_backward_block<kSparseVectors, NEED_X, NEED_P>(rows, vals, nr, tab.muT + at, tab.isT + at, tab.cT + at,
+                                                          tab.ge, tab.ye, n_out, j0, n_in, k, dx, amu, asig, alw);
   }
 #else
   constexpr int NV = 2;
   int64_t j0 = 0;
   for (; j0 + 8 * NV <= n_out; j0 += 8 * NV) {
-    sparse_backward_block_avx2<NV, NEED_X, NEED_P, false>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
-                                                          dx, amu, asig, alw);
+    sparse_backward_block_avx2<NV, NEED_X, NEED_P, false>(rows, vals, nr, tab, n_out, j0, n_in, k, dx, amu, asig, alw);
   }
   if (j0 < n_out) {
-    sparse_backward_block_avx2<NV, NEED_X, NEED_P, true>(rows, vals, nr, muk, isk, ck, ge, ye, n_out, j0, n_in, k,
-                                                         dx, amu, asig, alw);
+    sparse_backward_block_avx2<NV, NEED_X, NEED_P, true>(rows, vals, nr, tab, n_out, j0, n_in, k, dx, amu, asig, alw);
   }
 #endif
 }
@@ -1451,6 +1600,32 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
       // plain pointers for the worker threads: a thread_local named inside the lambda would be the worker's own
       const int32_t *starts = col_start.data(), *rows = col_rows.data();
       const float* vals = col_vals.data();
+      SparseBackwardTables tabs{pmuT, pisT, pcT, pge, pye, nullptr, nullptr, nullptr, nullptr};
+      std::vector<float> aT, CT, sign, offset;
+      if (kHaveAvx2) {  // the AVX2 loops' base-2 tables (see sparse_backward_block_avx2)
+        aT.resize(P);
+        CT.resize(P);
+        sign.resize(B * n_out);
+        offset.resize(B * n_out);
+        const float half_l = std::sqrt(0.5f * kLog2e);
+        at::parallel_for(0, n_in, grain(n_out), [&](int64_t k0, int64_t k1) {
+          for (int64_t i = k0 * n_out; i < k1 * n_out; ++i) {
+            aT[i] = pisT[i] * half_l;
+            CT[i] = (pcT[i] - pm[i % n_out]) * kLog2e;
+          }
+        });
+        at::parallel_for(0, B, grain(16 * n_out), [&](int64_t b0, int64_t b1) {
+          for (int64_t i = b0 * n_out; i < b1 * n_out; ++i) {  // pge = 0: a pair not handled here
+            const float gg = pge[i];
+            sign[i] = std::copysign(0.0f, gg);
+            offset[i] = gg != 0.0f ? (pye[i] - pm[i % n_out]) * kLog2e - std::log2(std::fabs(gg)) : INFINITY;
+          }
+        });
+        tabs.aT = aT.data();
+        tabs.CT = CT.data();
+        tabs.sign = sign.data();
+        tabs.offset = offset.data();
+      }
       dynamic_for(n_col_tasks, grain(cols_per_task * B * n_out / 4), [&](int64_t task) {
         const int64_t k0 = task * cols_per_task, k1 = std::min(n_in, k0 + cols_per_task);
         std::vector<float> unused(NEED_P ? 0 : 3 * n_out);  // accumulators when parameter gradients are not wanted
@@ -1459,8 +1634,7 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           float* asig = NEED_P ? pdT + P + k * n_out : unused.data() + n_out;
           float* alw = NEED_P ? pdT + 2 * P + k * n_out : unused.data() + 2 * n_out;
           const int64_t r0 = starts[k], nr = starts[k + 1] - r0;
-          sparse_backward_column<NEED_X, NEED_P>(rows + r0, vals + r0, nr, pmuT + k * n_out, pisT + k * n_out,
-                                                 pcT + k * n_out, pge, pye, n_out, n_in, k, pdx, amu, asig, alw);
+          sparse_backward_column<NEED_X, NEED_P>(rows + r0, vals + r0, nr, tabs, n_out, n_in, k, pdx, amu, asig, alw);
         }
       });
       simd_done = true;
