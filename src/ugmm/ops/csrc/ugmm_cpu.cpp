@@ -1172,10 +1172,11 @@ inline int64_t foreground(const T* xb, int64_t n_in, T v, I* nz) {
 
 // What the vectorised background backward reads, parameters transposed to (n_in, n_out): the AVX-512 loops take
 // mu, inv_sigma, c and each row's g and y (ge, ye: 0 where the row is not handled here); the AVX2 ones mu,
-// inv_sigma and the base-2 a, C (as the dense fast tile's) and each pair's sign of g (+0 / -0) and offset o.
+// inv_sigma, c in base 2 shifted by m[j] (C, as the dense fast tile's) and each pair's sign of g (+0 / -0) and
+// offset o.
 struct SparseBackwardTables {
   const float *muT, *isT, *cT, *ge, *ye;
-  const float *aT, *CT, *sign, *offset;
+  const float *sign, *offset;
 };
 
 #ifdef __AVX512F__
@@ -1321,11 +1322,12 @@ inline void sparse_backward_block_avx2(const int32_t* __restrict rows, const flo
   const int64_t at = k * n_out + j0;
   __m256i mk[NV];
   __m256 mu[NV], a[NV], C[NV], s1[NV], s2[NV], s0[NV];
+  const __m256 half_l = _mm256_set1_ps(std::sqrt(0.5f * kLog2e));  // a = inv_sigma sqrt(log2(e) / 2)
   for (int v = 0; v < NV; ++v) {
     mk[v] = tail_mask_avx2(n_out - j0 - 8 * v);
     mu[v] = load_avx2<TAIL>(tab.muT + at + 8 * v, mk[v]);
-    a[v] = load_avx2<TAIL>(tab.aT + at + 8 * v, mk[v]);
-    C[v] = load_avx2<TAIL>(tab.CT + at + 8 * v, mk[v], _mm256_set1_ps(-INFINITY));
+    a[v] = _mm256_mul_ps(load_avx2<TAIL>(tab.isT + at + 8 * v, mk[v]), half_l);
+    C[v] = load_avx2<TAIL>(tab.cT + at + 8 * v, mk[v], _mm256_set1_ps(-INFINITY));
     s1[v] = s2[v] = s0[v] = _mm256_setzero_ps();
   }
   for (int64_t r = 0; r < nr; ++r) {
@@ -1546,24 +1548,23 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   bool simd_done = false;
 
   at::Tensor Z = background_indicator<T>(x, v);
-  if (NEED_P) {
-    at::Tensor H0 = at::mm(h.t(), Z);  // (n_out, n_in): sum over the rows where input k is v
-    at::mul_out(dlw, tab.E, H0);
-    at::mul_out(dmu, tab.Ezs, H0);
-    at::mul_out(dsig, tab.Ez2s, H0);
-  }
+  // (n_out, n_in): sum of h over the rows where input k is v; times E, E z is, ... in the last pass below
+  at::Tensor H0 = NEED_P ? at::mm(h.t(), Z) : at::Tensor();
   if (NEED_X) at::mul_out(dx, at::mm(h, tab.Ezs), Z).neg_();
 
   // foreground inputs: column by column (parallel over inputs k), so each thread owns its dx[:, k] and the
   // parameter gradients of its inputs, and the column's parameters and accumulators stay in L1 over the rows
+  // (the AVX2 loops take c in base 2, shifted by m[j]: C = (c - m[j]) log2(e); see sparse_backward_block_avx2)
+  const bool base2 = kHaveAvx2 && simd && std::is_same_v<T, float> && B * n_in < std::numeric_limits<int32_t>::max();
   at::Tensor muT = at::empty({n_in, n_out}, mu.options()), isT = at::empty_like(muT), cT = at::empty_like(muT);
   {
     const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
     T *tmu = muT.data_ptr<T>(), *tis = isT.data_ptr<T>(), *tc = cT.data_ptr<T>();
+    const T c_scale = base2 ? T(1.4426950408889634) : T(1);
     for_each_block(n_out, n_in, [&](int64_t j, int64_t k) {
       tmu[k * n_out + j] = pmu[j * n_in + k];
       tis[k * n_out + j] = pis[j * n_in + k];
-      tc[k * n_out + j] = pc[j * n_in + k];
+      tc[k * n_out + j] = base2 ? (pc[j * n_in + k] - pm[j]) * c_scale : pc[j * n_in + k];
     });
   }
   const T *px = x.data_ptr<T>(), *pmuT = muT.data_ptr<T>(), *pisT = isT.data_ptr<T>(), *pcT = cT.data_ptr<T>();
@@ -1600,20 +1601,11 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
       // plain pointers for the worker threads: a thread_local named inside the lambda would be the worker's own
       const int32_t *starts = col_start.data(), *rows = col_rows.data();
       const float* vals = col_vals.data();
-      SparseBackwardTables tabs{pmuT, pisT, pcT, pge, pye, nullptr, nullptr, nullptr, nullptr};
-      std::vector<float> aT, CT, sign, offset;
-      if (kHaveAvx2) {  // the AVX2 loops' base-2 tables (see sparse_backward_block_avx2)
-        aT.resize(P);
-        CT.resize(P);
+      SparseBackwardTables tabs{pmuT, pisT, pcT, pge, pye, nullptr, nullptr};
+      std::vector<float> sign, offset;
+      if (base2) {  // each pair's sign of g and offset o (see sparse_backward_block_avx2)
         sign.resize(B * n_out);
         offset.resize(B * n_out);
-        const float half_l = std::sqrt(0.5f * kLog2e);
-        at::parallel_for(0, n_in, grain(n_out), [&](int64_t k0, int64_t k1) {
-          for (int64_t i = k0 * n_out; i < k1 * n_out; ++i) {
-            aT[i] = pisT[i] * half_l;
-            CT[i] = (pcT[i] - pm[i % n_out]) * kLog2e;
-          }
-        });
         at::parallel_for(0, B, grain(16 * n_out), [&](int64_t b0, int64_t b1) {
           for (int64_t i = b0 * n_out; i < b1 * n_out; ++i) {  // pge = 0: a pair not handled here
             const float gg = pge[i];
@@ -1621,8 +1613,6 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
             offset[i] = gg != 0.0f ? (pye[i] - pm[i % n_out]) * kLog2e - std::log2(std::fabs(gg)) : INFINITY;
           }
         });
-        tabs.aT = aT.data();
-        tabs.CT = CT.data();
         tabs.sign = sign.data();
         tabs.offset = offset.data();
       }
@@ -1677,12 +1667,15 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
       }
     });
   }
-  if (NEED_P) {
+  if (NEED_P) {  // the background inputs' terms plus the others' (transposed back)
     T *gmu = dmu.data_ptr<T>(), *gsig = dsig.data_ptr<T>(), *glw = dlw.data_ptr<T>();
+    const T *pH0 = H0.data_ptr<T>(), *pE = tab.E.data_ptr<T>(), *pEzs = tab.Ezs.data_ptr<T>(),
+            *pEz2s = tab.Ez2s.data_ptr<T>();
     for_each_block(n_out, n_in, [&](int64_t j, int64_t k) {
-      gmu[j * n_in + k] += pdT[k * n_out + j];
-      gsig[j * n_in + k] += pdT[P + k * n_out + j];
-      glw[j * n_in + k] += pdT[2 * P + k * n_out + j];
+      const int64_t i = j * n_in + k;
+      gmu[i] = pEzs[i] * pH0[i] + pdT[k * n_out + j];
+      gsig[i] = pEz2s[i] * pH0[i] + pdT[P + k * n_out + j];
+      glw[i] = pE[i] * pH0[i] + pdT[2 * P + k * n_out + j];
     });
   }
   const T *pmu = mu.data_ptr<T>(), *pis = is.data_ptr<T>(), *pc = c.data_ptr<T>();
