@@ -46,9 +46,12 @@ network at MNIST size on such inputs; ``mnist`` real MNIST batches (the zero-inp
 Threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` in every case's process, unless ``--omp-wait-policy``
 says otherwise): on a machine shared with other work, spinning OpenMP workers steal the cores the working
 threads need (measured on a loaded 2-core machine: a dense layer's backward 38 ms spinning, 5.8 ms passive).
-``--rounds N`` runs the whole list of cases N times, one after the other, and keeps each case's best round
-(its lowest median): cases measured in the same minutes see the same load. ``--baseline-src`` adds every
-case again on another source tree (e.g. ``main``'s ``src``), interleaved, as ``<backend>@baseline``.
+``--interleaved N`` adds, per size, one process that alternates N training steps of the uGMM-NN with N of the
+MLP on the same batches (``step_vs_mlp`` from the two medians): the fairest ratio on a machine whose load drifts
+between the separate processes. ``--rounds N`` runs the whole list of cases N times, one after the other, and
+keeps each case's best round (its lowest median): cases measured in the same minutes see the same load.
+``--baseline-src`` adds every case again on another source tree (e.g. ``main``'s ``src``), interleaved, as
+``<backend>@baseline``.
 """
 
 from __future__ import annotations
@@ -146,6 +149,54 @@ def training_optimizer(params):
     return build_optimizer(params, {"_target_": "torch.optim.Adam", "lr": 1e-2})
 
 
+def interleaved_steps(spec: dict, device) -> dict:
+    """The uGMM-NN's (``spec["backend"]``) and the MLP's training steps alternated in one process.
+
+    Both models train on the same batches, one step each in turn, ``spec["repeats"]`` pairs after warm-up:
+    whatever load the machine carries at a moment falls on both alike, where separate processes minutes
+    apart see different loads. Reports each model's median step, the ratio of the medians and the median
+    of the per-pair ratios."""
+    import torch
+    from torch.nn import functional
+
+    from ugmm.nn import MLP, uGMMNet
+
+    n_in, hidden, n_out, batch = spec["n_inputs"], spec["hidden"], spec["n_outputs"], spec["batch"]
+    batches, source = load_batches(n_in, batch, 8, n_out, device, dense=spec["size"].endswith("-dense"))
+    torch.manual_seed(0)
+    models = {
+        "ugmm": uGMMNet(n_in, n_out, hidden=hidden, dropout=DROPOUT, backend=spec["backend"]).to(device),
+        "mlp": MLP(n_in, n_out, hidden=hidden, dropout=DROPOUT).to(device),
+    }
+    opts = {name: training_optimizer(m.parameters()) for name, m in models.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(name: str, i: int) -> float:
+        x, y = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        opts[name].zero_grad(set_to_none=True)
+        functional.cross_entropy(models[name](x), y).backward()
+        opts[name].step()
+        sync()
+        return time.perf_counter() - t0
+
+    for i in range(spec["warmup"]):
+        for name in models:
+            step(name, i)
+    times: dict = {name: [] for name in models}
+    for i in range(spec["repeats"]):
+        for name in models:
+            times[name].append(step(name, i))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "steps_ms": {name: {"median": 1e3 * m, "min": 1e3 * min(times[name])} for name, m in medians.items()},
+        "step_vs_mlp": medians["ugmm"] / medians["mlp"],
+        "step_vs_mlp_pairwise_median": statistics.median(u / m for u, m in zip(times["ugmm"], times["mlp"])),
+        "data": source,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_case(spec: dict) -> dict:
     """Time one (model, backend, size) case and measure the peak memory of its training step."""
     import torch
@@ -168,6 +219,8 @@ def run_case(spec: dict) -> dict:
         from limit import measure
 
         return {**spec, "limit": measure(spec["threads"] or torch.get_num_threads(), spec["repeats"])}
+    if spec.get("kind") == "interleaved":
+        return {**spec, **interleaved_steps(spec, device)}
     if not spec.get("zero_input_path", True):
         try:
             from ugmm.ops import zero_input_path
@@ -335,6 +388,12 @@ def plan(args) -> list[dict]:
         for backend in [*args.backends, "mlp"]:
             cases.append({"kind": "network", "size": size, "backend": backend, "n_inputs": n_in, "hidden": hidden,
                           "n_outputs": n_out, "batch": batch, **common})  # fmt: skip
+    if args.interleaved:  # the uGMM-NN's and the MLP's steps alternated in one process, per size
+        for size, (n_in, hidden, n_out, batch) in sizes.items():
+            for backend in (b for b in args.backends if b not in ("mlp", "reference")):
+                cases.append({**common, "kind": "interleaved", "size": size, "backend": backend,
+                              "n_inputs": n_in, "hidden": hidden, "n_outputs": n_out, "batch": batch,
+                              "repeats": args.interleaved})  # fmt: skip
     if args.baseline_src:  # every case again on the other tree, right after its twin (same load)
         src = str(Path(args.baseline_src).resolve())
         cases = [c for case in cases for c in ([case] if case["kind"] == "limit" else [case, {**case, "src": src}])]
@@ -371,8 +430,11 @@ def run_in_subprocess(case: dict, timeout: float) -> dict:
 
 def keep_best(old: dict | None, new: dict) -> dict:
     """Of two rounds of one case, the one with the lower median (step for networks, fwd_bwd for layers)."""
-    if old is None or "times" not in new:
-        return new if old is None or "limit" in new else old
+    if old is None or "step_vs_mlp" in new:  # interleaved: the less loaded round (lower sum of the two medians)
+        load = lambda r: sum(t["median"] for t in r["steps_ms"].values())  # noqa: E731
+        return new if old is None or load(new) < load(old) else old
+    if "times" not in new:
+        return new if "limit" in new else old
     what = "step" if new["kind"] == "network" else "fwd_bwd"
     return new if new["times"][what]["median_ms"] < old["times"][what]["median_ms"] else old
 
@@ -433,7 +495,7 @@ def ratios(results: list[dict]) -> dict:
     out: dict = {}
     by_size: dict = {}
     for r in results:
-        if r["kind"] == "limit":
+        if r["kind"] in ("limit", "interleaved"):
             continue
         by_size.setdefault(r["size"], {})[r["backend"]] = r
     for size, rows in by_size.items():
@@ -465,6 +527,12 @@ def check_targets(ratio: dict, device: str, results: list[dict] | None = None) -
         entry = ratio.get(size, {}).get("cpu")
         if entry and "step_vs_mlp" in entry:
             out[f"cpu@{size}"] = {f"step_vs_mlp <= {limit:g}": entry["step_vs_mlp"] <= limit}
+        inter = next((r for r in results or [] if r["kind"] == "interleaved" and r["size"] == size
+                      and r["backend"] == "cpu" and not r.get("src")), None)  # fmt: skip
+        if inter:
+            out.setdefault(f"cpu@{size}", {})[f"interleaved step_vs_mlp {inter['step_vs_mlp']:.2f}x <= {limit:g}"] = (
+                inter["step_vs_mlp"] <= limit
+            )
     exp_rate = next((r["limit"]["torch_exp_G_per_s"] for r in results or [] if r["kind"] == "limit"), None)
     layer = next((r for r in results or [] if r["kind"] == "layer" and r["size"].endswith("dense")
                   and r["backend"] == "cpu"), None)  # fmt: skip
@@ -484,7 +552,7 @@ def print_report(results, ratio, targets, console) -> None:
     for col in ("size", "model", "forward", "fwd+bwd", "step", "peak MB", "G terms/s fwd / bwd / both"):
         table.add_column(col, justify="right" if col not in ("size", "model") else "left")
     for r in results:
-        if r["kind"] == "limit":
+        if r["kind"] in ("limit", "interleaved"):
             continue
         t = r["times"]
         model = "MLP" if r["backend"].startswith("mlp") else f"uGMM {r['backend']}"
@@ -504,6 +572,13 @@ def print_report(results, ratio, targets, console) -> None:
         if r["kind"] == "limit":
             parts = ", ".join(f"{k} {v:.3g}" for k, v in r["limit"].items() if not k.endswith("median"))
             console.print(f"[bold]limit[/bold] ({r['limit']['threads']} threads): {parts}")
+        elif r["kind"] == "interleaved":
+            ms, tree = r["steps_ms"], "@baseline" if r.get("src") else ""
+            console.print(
+                f"[bold]{r['size']} interleaved{tree}[/bold] ({r['repeats']} steps each):"
+                f" uGMM {r['backend']} {ms['ugmm']['median']:.2f} ms, MLP {ms['mlp']['median']:.2f} ms (medians):"
+                f" {r['step_vs_mlp']:.2f}x (median of per-step ratios {r['step_vs_mlp_pairwise_median']:.2f}x)"
+            )
     for size, rows in ratio.items():
         for backend, entry in rows.items():
             parts = ", ".join(f"{k} {v:.3g}" for k, v in entry.items())
@@ -529,6 +604,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel-threads", type=int, default=None,
                         help="threads of the fused uGMM kernels alone (ugmm.ops.kernel_threads)")  # fmt: skip
     parser.add_argument("--limit", action="store_true", help="measure the limit (scripts/limit.py) as a case")
+    parser.add_argument("--interleaved", type=int, default=None, metavar="N",
+                        help="also N uGMM-NN and N MLP training steps alternated in one process, per size")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="run the case list N times, keep each case's best")
     parser.add_argument("--baseline-src", default=None, help="another src tree (e.g. ../main/src): every case again")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of the cases ('' = inherit)")
@@ -569,6 +646,12 @@ def main(argv=None) -> int:
         best[i] = keep_best(best[i], r)
         if r["kind"] == "limit":
             console.print(f"limit: {r['limit']}")
+            continue
+        if r["kind"] == "interleaved":
+            console.print(
+                f"[{i + 1}/{len(cases)}] {case['size']:>14} interleaved: uGMM {r['backend']} vs MLP"
+                f" {r['step_vs_mlp']:.2f}x ({time.perf_counter() - t0:.0f} s)"
+            )
             continue
         if max(r["loadavg_1min"]) > (info["cpus"] or 1) + 0.5:
             console.print(
