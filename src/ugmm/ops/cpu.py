@@ -20,6 +20,7 @@ Backward, in closed form from the saved inputs and y, with r = exp(q - y) and G 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -173,18 +174,43 @@ def _check(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights
         raise ValueError("the cpu backend needs every tensor on the CPU")
 
 
-# ---- the op, registered with torch.library so that torch.compile and torch.export see one opaque node ----
+# ---- the ops, registered with torch.library so that torch.compile and torch.export see one opaque node ----
 # ``ugmm::cpu_mixture_loglik`` (forward) and ``ugmm::cpu_mixture_loglik_backward`` (all four gradients in
 # one sweep); autograd connects them (register_autograd), and fake implementations give compile the shapes.
+# Eager calls skip torch.library's Python layer (schema defaults, redispatch, its autograd shim: ~50 us a
+# call, a dozen calls a training step, more than a small model's kernels take): they run the same
+# implementations through a torch.autograd.Function (_Eager*), named in profiles by record_function.
+
+
+def _named(name: str):
+    """``record_function(name)`` while a profiler runs (it shows the op by its name); else nothing (it costs
+    a dispatcher call of its own)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
+def _forward_impl(x, means, stds, log_weights, zero_inputs: bool) -> torch.Tensor:
+    with _kernel_pool():
+        inv_sigma, c = _derived(stds, log_weights)
+        return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+
+
+def _backward_impl(grad_y, x, means, stds, log_weights, y, need_x: bool, need_params: bool, zero_inputs: bool):
+    with _kernel_pool():
+        inv_sigma, c = _derived(stds, log_weights)
+        grads = _extension().backward(
+            grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
+            need_x, need_params, zero_inputs,
+        )  # fmt: skip
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @torch.library.custom_op("ugmm::cpu_mixture_loglik", mutates_args=(), device_types="cpu")
 def _forward_op(
     x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, log_weights: torch.Tensor, zero_inputs: bool
 ) -> torch.Tensor:
-    with _kernel_pool():
-        inv_sigma, c = _derived(stds, log_weights)
-        return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+    return _forward_impl(x, means, stds, log_weights, zero_inputs)
 
 
 @_forward_op.register_fake
@@ -205,13 +231,7 @@ def _backward_op(
     zero_inputs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dmeans, dstds, dlog_weights); the ones not asked for are empty (0,) tensors."""
-    with _kernel_pool():
-        inv_sigma, c = _derived(stds, log_weights)
-        grads = _extension().backward(
-            grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
-            need_x, need_params, zero_inputs,
-        )  # fmt: skip
-    return tuple(x.new_empty(0) if g is None else g for g in grads)
+    return _backward_impl(grad_y, x, means, stds, log_weights, y, need_x, need_params, zero_inputs)
 
 
 @_backward_op.register_fake
@@ -227,11 +247,12 @@ def _setup_context(ctx, inputs, output):
     ctx.zero_inputs = zero_inputs
 
 
-def _backward(ctx, grad_y):
+def _grads(ctx, grad_y, backward):
+    """The mixture's input gradients from ``backward`` (the registered op, or its implementation in eager)."""
     x, means, stds, log_weights, y = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_params = any(ctx.needs_input_grad[1:4])
-    dx, dmu, dsig, dlw = _backward_op(grad_y, x, means, stds, log_weights, y, need_x, need_params, ctx.zero_inputs)
+    dx, dmu, dsig, dlw = backward(grad_y, x, means, stds, log_weights, y, need_x, need_params, ctx.zero_inputs)
     return (
         dx if need_x else None,
         dmu if ctx.needs_input_grad[1] else None,
@@ -241,7 +262,25 @@ def _backward(ctx, grad_y):
     )
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_op.register_autograd(lambda ctx, grad_y: _grads(ctx, grad_y, _backward_op), setup_context=_setup_context)
+
+
+class _EagerMixtureLoglik(torch.autograd.Function):
+    """``ugmm::cpu_mixture_loglik`` without torch.library's Python layer (eager mode)."""
+
+    @staticmethod
+    def forward(ctx, x, means, stds, log_weights, zero_inputs):
+        # (ctx in forward, not a separate setup_context: that form binds the arguments by inspect, per call)
+        with _named("ugmm::cpu_mixture_loglik"):
+            y = _forward_impl(x, means, stds, log_weights, zero_inputs)
+        _setup_context(ctx, (x, means, stds, log_weights, zero_inputs), y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # first order only, as the registered op
+    def backward(ctx, grad_y):
+        with _named("ugmm::cpu_mixture_loglik_backward"):
+            return _grads(ctx, grad_y, _backward_impl)
 
 
 def mixture_loglik(
@@ -263,9 +302,11 @@ def mixture_loglik(
     inputs need exponentials. Exact either way; False measures or tests the dense kernel alone.
     """
     _check(x, means, stds, log_weights)
-    if not torch.compiler.is_compiling() and not is_available(x.device):
+    if torch.compiler.is_compiling():
+        return _forward_op(x, means, stds, log_weights, bool(zero_inputs))
+    if not is_available(x.device):
         raise RuntimeError("the fused CPU kernel is not available here (see the earlier warning); use 'reference'")
-    return _forward_op(x, means, stds, log_weights, bool(zero_inputs))
+    return _EagerMixtureLoglik.apply(x, means, stds, log_weights, bool(zero_inputs))
 
 
 # ---- the components' parameters: (sigma, log pi) from a layer's raw parameters in one pass each way ----------
@@ -274,13 +315,25 @@ def mixture_loglik(
 # kernels. ``ugmm::cpu_component_params`` and its backward are one pass over the (n_out, n_in) parameters each.
 
 
+def _params_impl(raw_std, logits, drop, std_floor: float, softplus: bool):
+    with _kernel_pool():
+        stds, log_weights = _extension().component_params(raw_std, logits, drop, std_floor, softplus)
+    return stds, log_weights
+
+
+def _params_backward_impl(grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus: bool):
+    with _kernel_pool():
+        draw, dlogits = _extension().component_params_backward(
+            grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus
+        )
+    return draw, dlogits
+
+
 @torch.library.custom_op("ugmm::cpu_component_params", mutates_args=(), device_types="cpu")
 def _params_op(
     raw_std: torch.Tensor, logits: torch.Tensor, drop: torch.Tensor | None, std_floor: float, softplus: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with _kernel_pool():
-        stds, log_weights = _extension().component_params(raw_std, logits, drop, std_floor, softplus)
-    return stds, log_weights
+    return _params_impl(raw_std, logits, drop, std_floor, softplus)
 
 
 @_params_op.register_fake
@@ -297,11 +350,7 @@ def _params_backward_op(
     drop: torch.Tensor | None,
     softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with _kernel_pool():
-        draw, dlogits = _extension().component_params_backward(
-            grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus
-        )
-    return draw, dlogits
+    return _params_backward_impl(grad_stds, grad_log_weights, raw_std, log_weights, drop, softplus)
 
 
 @_params_backward_op.register_fake
@@ -315,16 +364,35 @@ def _params_setup_context(ctx, inputs, output):
     ctx.softplus = softplus
 
 
-def _params_backward(ctx, grad_stds, grad_log_weights):
+def _params_grads(ctx, grad_stds, grad_log_weights, backward):
     raw_std, log_weights, drop = ctx.saved_tensors
     # an output nobody used has no gradient: zeros of its shape (its part of the chain rule is zero)
     grad_stds = torch.zeros_like(raw_std) if grad_stds is None else grad_stds
     grad_log_weights = torch.zeros_like(raw_std) if grad_log_weights is None else grad_log_weights
-    draw, dlogits = _params_backward_op(grad_stds, grad_log_weights, raw_std, log_weights, drop, ctx.softplus)
+    draw, dlogits = backward(grad_stds, grad_log_weights, raw_std, log_weights, drop, ctx.softplus)
     return draw, dlogits, None, None, None
 
 
-_params_op.register_autograd(_params_backward, setup_context=_params_setup_context)
+_params_op.register_autograd(
+    lambda ctx, g_std, g_lw: _params_grads(ctx, g_std, g_lw, _params_backward_op), setup_context=_params_setup_context
+)
+
+
+class _EagerComponentParams(torch.autograd.Function):
+    """``ugmm::cpu_component_params`` without torch.library's Python layer (eager mode)."""
+
+    @staticmethod
+    def forward(ctx, raw_std, logits, drop, std_floor, softplus):
+        with _named("ugmm::cpu_component_params"):
+            out = _params_impl(raw_std, logits, drop, std_floor, softplus)
+        _params_setup_context(ctx, (raw_std, logits, drop, std_floor, softplus), out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_stds, grad_log_weights):
+        with _named("ugmm::cpu_component_params_backward"):
+            return _params_grads(ctx, grad_stds, grad_log_weights, _params_backward_impl)
 
 
 def component_params(
@@ -336,15 +404,23 @@ def component_params(
         raise ValueError(f"component_params: raw_std {tuple(raw_std.shape)} and logits {tuple(logits.shape)}")
     if drop is not None and (drop.shape != raw_std.shape or drop.dtype != torch.bool):
         raise ValueError(f"component_params: drop must be a bool mask of shape {tuple(raw_std.shape)}")
-    return _params_op(raw_std, logits, drop, float(std_floor), std_param == "softplus")
+    args = (raw_std, logits, drop, float(std_floor), std_param == "softplus")
+    return _params_op(*args) if torch.compiler.is_compiling() else _EagerComponentParams.apply(*args)
 
 
 @torch.library.custom_op("ugmm::cpu_dropout_mask", mutates_args=(), device_types="cpu")
-def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
-    """:func:`ugmm.ops.reference.dropout_mask_reference` in one pass (float32 ``u``)."""
+def _dropout_mask_op(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
     return _extension().dropout_mask(u, rescue.reshape(-1), p)
 
 
-@dropout_mask.register_fake
+def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`ugmm.ops.reference.dropout_mask_reference` in one pass (float32 ``u``)."""
+    if torch.compiler.is_compiling():
+        return _dropout_mask_op(u, rescue, p)
+    with _named("ugmm::cpu_dropout_mask"):
+        return _extension().dropout_mask(u, rescue.reshape(-1), p)
+
+
+@_dropout_mask_op.register_fake
 def _(u, rescue, p):
     return u.new_empty(u.shape, dtype=torch.bool)
