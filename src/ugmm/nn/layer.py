@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -178,7 +180,11 @@ class uGMMLayer(nn.Module):  # noqa: N801 - the paper's name
             drop = self.sample_dropout_mask()
         elif drop is False:
             drop = None
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # the mixture in the parameters' dtype even under autocast (entering a disabled autocast costs more
+        # than a small layer's kernels: only when one is on)
+        device = x.device.type
+        no_autocast = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+        with no_autocast:
             x = x.to(self.mean.dtype)
             stds, log_weights = component_params(
                 self.raw_std, self.logits, drop, self.std_floor, self.std_param, backend=self.backend
