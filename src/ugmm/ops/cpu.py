@@ -190,20 +190,26 @@ def _named(name: str):
     return contextlib.nullcontext()
 
 
+def _forward_kernel(x, means, inv_sigma, c, zero_inputs: bool) -> torch.Tensor:
+    return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+
+
+def _backward_kernel(grad_y, x, means, inv_sigma, c, y, need_x: bool, need_params: bool, zero_inputs: bool):
+    grads = _extension().backward(
+        grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
+        need_x, need_params, zero_inputs,
+    )  # fmt: skip
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
 def _forward_impl(x, means, stds, log_weights, zero_inputs: bool) -> torch.Tensor:
     with _kernel_pool():
-        inv_sigma, c = _derived(stds, log_weights)
-        return _extension().forward(x.contiguous(), means.contiguous(), inv_sigma, c, zero_inputs)
+        return _forward_kernel(x, means, *_derived(stds, log_weights), zero_inputs)
 
 
 def _backward_impl(grad_y, x, means, stds, log_weights, y, need_x: bool, need_params: bool, zero_inputs: bool):
     with _kernel_pool():
-        inv_sigma, c = _derived(stds, log_weights)
-        grads = _extension().backward(
-            grad_y.contiguous(), x.contiguous(), means.contiguous(), inv_sigma, c, y.contiguous(),
-            need_x, need_params, zero_inputs,
-        )  # fmt: skip
-    return tuple(x.new_empty(0) if g is None else g for g in grads)
+        return _backward_kernel(grad_y, x, means, *_derived(stds, log_weights), y, need_x, need_params, zero_inputs)
 
 
 @torch.library.custom_op("ugmm::cpu_mixture_loglik", mutates_args=(), device_types="cpu")
@@ -248,11 +254,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _grads(ctx, grad_y, backward):
-    """The mixture's input gradients from ``backward`` (the registered op, or its implementation in eager)."""
-    x, means, stds, log_weights, y = ctx.saved_tensors
+    """The mixture's input gradients from ``backward``: the registered op on the saved (stds, log_weights), or
+    in eager the kernel on the saved (inv_sigma, c)."""
+    x, means, params_a, params_b, y = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     need_params = any(ctx.needs_input_grad[1:4])
-    dx, dmu, dsig, dlw = backward(grad_y, x, means, stds, log_weights, y, need_x, need_params, ctx.zero_inputs)
+    dx, dmu, dsig, dlw = backward(grad_y, x, means, params_a, params_b, y, need_x, need_params, ctx.zero_inputs)
     return (
         dx if need_x else None,
         dmu if ctx.needs_input_grad[1] else None,
@@ -271,16 +278,18 @@ class _EagerMixtureLoglik(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, means, stds, log_weights, zero_inputs):
         # (ctx in forward, not a separate setup_context: that form binds the arguments by inspect, per call)
-        with _named("ugmm::cpu_mixture_loglik"):
-            y = _forward_impl(x, means, stds, log_weights, zero_inputs)
-        _setup_context(ctx, (x, means, stds, log_weights, zero_inputs), y)
+        with _named("ugmm::cpu_mixture_loglik"), _kernel_pool():
+            inv_sigma, c = _derived(stds, log_weights)
+            y = _forward_kernel(x, means, inv_sigma, c, zero_inputs)
+        # the kernels' constants, not (stds, log_weights): the backward need not derive them again
+        _setup_context(ctx, (x, means, inv_sigma, c, zero_inputs), y)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # first order only, as the registered op
     def backward(ctx, grad_y):
-        with _named("ugmm::cpu_mixture_loglik_backward"):
-            return _grads(ctx, grad_y, _backward_impl)
+        with _named("ugmm::cpu_mixture_loglik_backward"), _kernel_pool():
+            return _grads(ctx, grad_y, _backward_kernel)
 
 
 def mixture_loglik(
