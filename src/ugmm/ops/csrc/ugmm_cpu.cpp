@@ -820,6 +820,25 @@ void forward_dense_avx2(const float* x, const float* mu, const float* is, const 
 // - exact (bwd_step_avx2), rows with a pair that underflowed (its y came from forward_row_exact_avx2): natural
 //   units with q_avx2's instructions, so that exp(q - y) of such a row's lone dominant term is exactly 1.
 constexpr int kBwdNeuronsAvx2 = 2;
+
+// One row's terms against NN neurons, added to the parameter sums (s1 += G z, s2 += G z^2, s0 += G; both tiles,
+// in their own units of z); returns the row's dx sum over the neurons of G z w (w: z's weight in dx per neuron).
+template <int NN, bool NEED_X, bool NEED_P>
+inline __attribute__((always_inline)) __m256 accumulate_row_avx2(const __m256* G, const __m256* z, const __m256* w,
+                                                                 __m256* s0, __m256* s1, __m256* s2) {
+  __m256 dxv = _mm256_setzero_ps();
+  for (int i = 0; i < NN; ++i) {
+    const __m256 Gz = _mm256_mul_ps(G[i], z[i]);
+    if (NEED_X) dxv = _mm256_fmadd_ps(Gz, w[i], dxv);
+    if (NEED_P) {
+      s0[i] = _mm256_add_ps(s0[i], G[i]);
+      s1[i] = _mm256_add_ps(s1[i], Gz);
+      s2[i] = _mm256_fmadd_ps(Gz, z[i], s2[i]);
+    }
+  }
+  return dxv;
+}
+
 template <int NR, int NN, bool NEED_X, bool NEED_P, bool TAIL>
 inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict x, const float* __restrict mu,
                                                          const float* __restrict is, const float* __restrict c,
@@ -855,16 +874,7 @@ inline __attribute__((always_inline)) void bwd_step_avx2(const float* __restrict
     for (int i = 0; i < NN; ++i) G[r][i] = _mm256_mul_ps(exp2_avx2(G[r][i]), _mm256_set1_ps(gl[r][i]));
   }
   for (int r = 0; r < NR; ++r) {
-    __m256 dxv = _mm256_setzero_ps();
-    for (int i = 0; i < NN; ++i) {
-      const __m256 Gz = _mm256_mul_ps(G[r][i], z[r][i]);
-      if (NEED_X) dxv = _mm256_fmadd_ps(Gz, isv[i], dxv);
-      if (NEED_P) {
-        s0[i] = _mm256_add_ps(s0[i], G[r][i]);
-        s1[i] = _mm256_add_ps(s1[i], Gz);
-        s2[i] = _mm256_fmadd_ps(Gz, z[r][i], s2[i]);
-      }
-    }
+    const __m256 dxv = accumulate_row_avx2<NN, NEED_X, NEED_P>(G[r], z[r], isv, s0, s1, s2);
     if (NEED_X) {
       float* d = dx + rows[r] * n_in + k;
       store_avx2<TAIL>(d, mk, _mm256_sub_ps(load_avx2<TAIL>(d, mk), dxv));
@@ -915,16 +925,7 @@ inline __attribute__((always_inline)) void bwd_fast_step_avx2(const float* __res
       for (int i = 0; i < NN; ++i) G[r][i] = exp2_avx2<4, true>(G[r][i], _mm256_set1_ps(sl[r0 + r][i]));
     }
     for (int r = 0; r < nr; ++r) {
-      __m256 dxv = _mm256_setzero_ps();
-      for (int i = 0; i < NN; ++i) {
-        const __m256 Gz = _mm256_mul_ps(G[r][i], zz[r][i]);
-        if (NEED_X) dxv = _mm256_fmadd_ps(Gz, av[i], dxv);
-        if (NEED_P) {
-          s0[i] = _mm256_add_ps(s0[i], G[r][i]);
-          s1[i] = _mm256_add_ps(s1[i], Gz);
-          s2[i] = _mm256_fmadd_ps(Gz, zz[r][i], s2[i]);
-        }
-      }
+      const __m256 dxv = accumulate_row_avx2<NN, NEED_X, NEED_P>(G[r], zz[r], av, s0, s1, s2);
       if (NEED_X) {
         float* d = dx + rows[r0 + r] * n_in + k;
         store_avx2<TAIL>(d, mk, _mm256_fnmadd_ps(dxv, _mm256_set1_ps(2.0f / kLog2e), load_avx2<TAIL>(d, mk)));
