@@ -202,9 +202,15 @@ def _backward_kernel(grad_y, x, means, inv_sigma, c, y, need_x: bool, need_param
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
-def _forward_impl(x, means, stds, log_weights, zero_inputs: bool) -> torch.Tensor:
+def _forward_with_constants(x, means, stds, log_weights, zero_inputs: bool):
+    """(y, inv_sigma, c): the output and the kernels' constants it was computed with."""
     with _kernel_pool():
-        return _forward_kernel(x, means, *_derived(stds, log_weights), zero_inputs)
+        inv_sigma, c = _derived(stds, log_weights)
+        return _forward_kernel(x, means, inv_sigma, c, zero_inputs), inv_sigma, c
+
+
+def _forward_impl(x, means, stds, log_weights, zero_inputs: bool) -> torch.Tensor:
+    return _forward_with_constants(x, means, stds, log_weights, zero_inputs)[0]
 
 
 def _backward_impl(grad_y, x, means, stds, log_weights, y, need_x: bool, need_params: bool, zero_inputs: bool):
@@ -278,9 +284,8 @@ class _EagerMixtureLoglik(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, means, stds, log_weights, zero_inputs):
         # (ctx in forward, not a separate setup_context: that form binds the arguments by inspect, per call)
-        with _named("ugmm::cpu_mixture_loglik"), _kernel_pool():
-            inv_sigma, c = _derived(stds, log_weights)
-            y = _forward_kernel(x, means, inv_sigma, c, zero_inputs)
+        with _named("ugmm::cpu_mixture_loglik"):
+            y, inv_sigma, c = _forward_with_constants(x, means, stds, log_weights, zero_inputs)
         # the kernels' constants, not (stds, log_weights): the backward need not derive them again
         _setup_context(ctx, (x, means, inv_sigma, c, zero_inputs), y)
         return y
@@ -417,9 +422,13 @@ def component_params(
     return _params_op(*args) if torch.compiler.is_compiling() else _EagerComponentParams.apply(*args)
 
 
+def _dropout_mask_impl(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
+    return _extension().dropout_mask(u, rescue.reshape(-1), p)
+
+
 @torch.library.custom_op("ugmm::cpu_dropout_mask", mutates_args=(), device_types="cpu")
 def _dropout_mask_op(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
-    return _extension().dropout_mask(u, rescue.reshape(-1), p)
+    return _dropout_mask_impl(u, rescue, p)
 
 
 def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tensor:
@@ -427,7 +436,7 @@ def dropout_mask(u: torch.Tensor, rescue: torch.Tensor, p: float) -> torch.Tenso
     if torch.compiler.is_compiling():
         return _dropout_mask_op(u, rescue, p)
     with _named("ugmm::cpu_dropout_mask"):
-        return _extension().dropout_mask(u, rescue.reshape(-1), p)
+        return _dropout_mask_impl(u, rescue, p)
 
 
 @_dropout_mask_op.register_fake

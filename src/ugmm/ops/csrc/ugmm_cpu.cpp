@@ -268,6 +268,9 @@ constexpr float kExp2Poly[6] = {1.3308824791013127e-3f, 9.671516403894739e-3f, 5
 // one FMA fewer per term, and 3e-6 is far inside the outputs' 1e-5 and the gradients' 1e-4.
 constexpr float kExp2Poly4[5] = {9.582852944731712e-3f, 5.5906426161527634e-2f, 2.4024099111557007e-1f,
                                  6.931241750717163e-1f, 1.0f};
+// The base-2 backward's per-(row, neuron) offset, with g folded into the exponent (see bwd_fast_step_avx2):
+// g exp(q - y) = sign(g) 2^(C - zz^2 - o) for o = (y - m[j]) log2(e) - log2|g|; +inf for g = 0 (no terms).
+inline float base2_offset(float g, float y_minus_m) { return y_minus_m * kLog2e - std::log2(std::fabs(g)); }
 constexpr int64_t kFwdRows = 4;  // rows per tile: the neuron's parameters are loaded once per vector for all
 
 // The per-neuron bound m[j] = max_k c[j,k] (0 for a neuron with every component dropped) and the base-2
@@ -412,8 +415,9 @@ void backward_dense_tiles(const float* g, const float* mu, const float* is, cons
           }
           if (!any) continue;  // nothing to add for these neurons
           Rows& t = all_fast ? fast_rows : exact_rows;
-          std::copy(all_fast ? gf : ge, (all_fast ? gf : ge) + NN, t.gl[t.n]);
-          std::copy(all_fast ? yf : ye, (all_fast ? yf : ye) + NN, t.yl[t.n]);
+          const float *gs = all_fast ? gf : ge, *ys = all_fast ? yf : ye;
+          std::copy(gs, gs + NN, t.gl[t.n]);
+          std::copy(ys, ys + NN, t.yl[t.n]);
           t.ids[t.n++] = b;
           if (t.n == kBwdRows) {
             if (all_fast) {
@@ -956,7 +960,7 @@ void backward_dense_avx2(const float* g, const float* x, const float* mu, const 
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t j = 0; j < n_out; ++j) {
         const float gg = g[b * n_out + j], ym = y[b * n_out + j] - t.m[j];
-        offset[b * n_out + j] = ym >= kLogMin<float> ? ym * kLog2e - std::log2(std::fabs(gg)) : INFINITY;
+        offset[b * n_out + j] = ym >= kLogMin<float> ? base2_offset(gg, ym) : INFINITY;
       }
     }
   });
@@ -1611,7 +1615,7 @@ bool backward_sparse(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           for (int64_t i = b0 * n_out; i < b1 * n_out; ++i) {  // pge = 0: a pair not handled here
             const float gg = pge[i];
             sign[i] = std::copysign(0.0f, gg);
-            offset[i] = gg != 0.0f ? (pye[i] - pm[i % n_out]) * kLog2e - std::log2(std::fabs(gg)) : INFINITY;
+            offset[i] = gg != 0.0f ? base2_offset(gg, pye[i] - pm[i % n_out]) : INFINITY;
           }
         });
         tabs.sign = sign.data();
